@@ -1,0 +1,297 @@
+"""The `accelgen` command line.
+
+Every user error ends as one line on stderr (``accelgen: error: ...``) and exit code 2; an
+unfinished pipeline stage ends with exit code 3. Output files are written atomically: a file that
+exists is complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from accelgen import __version__
+from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
+
+log = logging.getLogger("accelgen")
+
+BOARD_ALIASES = ("ice40", "ecp5", "gowin")
+ENGINES = ("reference",)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_model(arg: str | None) -> Path:
+    """A model argument: a path to an .onnx file, or the name of a shipped example model."""
+    from accelgen import zoo
+
+    if arg is None:
+        arg = zoo.DEFAULT_MODEL
+    path = Path(arg)
+    if path.exists():
+        return path
+    if arg in zoo.MODELS:
+        entry = zoo.MODELS[arg]
+        if not entry.available:
+            raise NotBuiltYet(
+                f"the example model {arg!r} is not trained and shipped yet "
+                f"(models/train_{arg}.py makes it)"
+            )
+        return entry.path()
+    raise UsageError(
+        f"model {arg!r} is neither a file nor a shipped model ({', '.join(sorted(zoo.MODELS))})"
+    )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename into place."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {str(parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_inputs(path: str, graph) -> dict[str, np.ndarray]:  # noqa: ANN001 - Graph
+    """Inputs from .npy (a single-input model) or .npz (keys = input names)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"input file {path!r} does not exist")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"input file {path!r} is not a readable .npy/.npz file ({err})") from None
+    if isinstance(data, np.ndarray):
+        if len(graph.inputs) != 1:
+            raise UsageError(
+                f"the model has {len(graph.inputs)} inputs; pass an .npz keyed by "
+                f"{[gi.onnx_name for gi in graph.inputs]}"
+            )
+        return {graph.inputs[0].onnx_name: data}
+    with data:
+        arrays = {k: data[k] for k in data.files}
+    if len(graph.inputs) == 1 and len(arrays) == 1:
+        return {graph.inputs[0].onnx_name: next(iter(arrays.values()))}
+    return arrays
+
+
+def _short(name: str, width: int) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _shape(s: Sequence[int]) -> str:
+    return "x".join(str(d) for d in s)
+
+
+# --------------------------------------------------------------------------------------------
+# inspect
+# --------------------------------------------------------------------------------------------
+
+
+def layer_rows(graph) -> list[dict]:  # noqa: ANN001
+    rows = []
+    for i, layer in enumerate(graph.layers):
+        notes = []
+        q = graph.tensors[layer.output].quant
+        if q is not None:
+            notes.append(f"out {q.describe()}")
+        wq = getattr(layer, "weight_quant", None)
+        if wq is not None:
+            notes.append(f"w {wq.describe()}")
+        rows.append(
+            {
+                "index": i,
+                "name": layer.name,
+                "op": layer.op,
+                "attrs": layer.describe(),
+                "inputs": list(layer.inputs),
+                "output": layer.output,
+                "in_shapes": [list(s) for s in layer.in_shapes],
+                "out_shape": list(layer.out_shape),
+                "params": layer.params,
+                "macs": layer.macs,
+                "host_side": layer.host_side,
+                "annotations": notes,
+            }
+        )
+    return rows
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from accelgen.frontend import load_model
+
+    path = resolve_model(args.model)
+    graph = load_model(path)
+    rows = layer_rows(graph)
+    summary = {
+        "model": str(path),
+        "name": graph.name,
+        "inputs": [
+            {"name": gi.onnx_name, "shape": list(gi.onnx_shape), "ir_shape": list(gi.layout.shape),
+             "dtype": gi.dtype, "quant": gi.quant.describe() if gi.quant else None}
+            for gi in graph.inputs
+        ],
+        "outputs": [
+            {"name": go.onnx_name, "shape": list(go.onnx_shape), "dtype": go.dtype,
+             "quant": go.quant.describe() if go.quant else None}
+            for go in graph.outputs
+        ],
+        "layers": rows,
+        "counts": {op: sum(r["op"] == op for r in rows) for op in sorted({r["op"] for r in rows})},
+        "total_layers": len(rows),
+        "total_params": graph.params,
+        "total_macs": graph.macs,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{graph.name}: {len(rows)} layers, {graph.params:,} parameters, {graph.macs:,} MACs")
+    for gi in summary["inputs"]:
+        q = f", {gi['quant']}" if gi["quant"] else ""
+        print(f"  input  {gi['name']!r}: {_shape(gi['shape'])} {gi['dtype']}{q} "
+              f"-> IR (H,W,C) {_shape(gi['ir_shape'])}")
+    for go in summary["outputs"]:
+        q = f", {go['quant']}" if go["quant"] else ""
+        print(f"  output {go['name']!r}: {_shape(go['shape'])} {go['dtype']}{q}")
+    header = f"{'#':>3} {'layer':<28} {'op':<13} {'attributes':<24} {'in (HxWxC)':<12} " \
+             f"{'out':<10} {'params':>8} {'MACs':>11}  annotations"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ins = ",".join(_shape(s) for s in r["in_shapes"])
+        host = " [host]" if r["host_side"] else ""
+        print(
+            f"{r['index']:>3} {_short(r['name'], 28):<28} {r['op']:<13} "
+            f"{_short(r['attrs'], 24):<24} {_short(ins, 12):<12} {_shape(r['out_shape']):<10} "
+            f"{r['params']:>8,} {r['macs']:>11,}  {'; '.join(r['annotations'])}{host}"
+        )
+    print("-" * len(header))
+    counts = ", ".join(f"{n} {op}" for op, n in summary["counts"].items())
+    print(f"total: {len(rows)} layers ({counts}); {graph.params:,} params; {graph.macs:,} MACs")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from accelgen import reference
+    from accelgen.frontend import load_model
+
+    path = resolve_model(args.model)
+    graph = load_model(path)
+    feeds = load_inputs(args.inputs, graph)
+    outputs = reference.run(graph, feeds)
+    out = Path(args.output)
+    if len(outputs) == 1:
+        (value,) = outputs.values()
+        if out.suffix != ".npy":
+            raise UsageError(f"output {args.output!r} must end in .npy (one model output)")
+        atomic_write(out, lambda p: np.save(p, value))
+    else:
+        if out.suffix != ".npz":
+            raise UsageError(f"output {args.output!r} must end in .npz (several model outputs)")
+        atomic_write(out, lambda p: np.savez(p, **outputs))
+    for name, value in outputs.items():
+        print(f"{name}: {value.shape} {value.dtype} -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# build
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from accelgen.frontend import load_model
+
+    if args.board not in BOARD_ALIASES:
+        raise UsageError(f"unknown board {args.board!r}; known boards: {', '.join(BOARD_ALIASES)}")
+    path = resolve_model(args.model)
+    graph = load_model(path)
+    print(f"model {graph.name}: {len(graph.layers)} layers, {graph.params:,} params, "
+          f"{graph.macs:,} MACs (frontend and float reference ready)")
+    raise NotBuiltYet(
+        f"stopping before compression for {args.board}: quantization, hardware generation and "
+        f"the bitstream build are not built yet"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="accelgen", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"accelgen {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("inspect", help="print the layer table of a model")
+    s.add_argument("model", help="an .onnx file or a shipped model name")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("run", help="run inference on inputs from a .npy/.npz file")
+    s.add_argument("model", help="an .onnx file or a shipped model name")
+    s.add_argument("--inputs", required=True, help=".npy (one input) or .npz (keyed by name)")
+    s.add_argument("-o", "--output", required=True, help=".npy (one output) or .npz")
+    s.add_argument("--engine", choices=ENGINES, default="reference")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("build", help="model -> accelerator -> bitstream and report")
+    s.add_argument("--board", default="ice40", help=f"one of {', '.join(BOARD_ALIASES)}")
+    s.add_argument("--model", default=None, help="an .onnx file or a shipped model name")
+    s.set_defaults(fn=cmd_build)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.fn(args) or 0)
+    except AccelgenError as err:
+        print(f"accelgen: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("accelgen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
