@@ -78,7 +78,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def load_inputs(path: str, graph) -> dict[str, np.ndarray]:  # noqa: ANN001 - Graph
+def load_inputs(path: str, graph) -> dict[str, np.ndarray]:
     """Inputs from .npy (a single-input model) or .npz (keys = input names)."""
     p = Path(path)
     if not p.is_file():
@@ -114,7 +114,7 @@ def _shape(s: Sequence[int]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def layer_rows(graph) -> list[dict]:  # noqa: ANN001
+def layer_rows(graph) -> list[dict]:
     rows = []
     for i, layer in enumerate(graph.layers):
         notes = []
@@ -179,8 +179,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for go in summary["outputs"]:
         q = f", {go['quant']}" if go["quant"] else ""
         print(f"  output {go['name']!r}: {_shape(go['shape'])} {go['dtype']}{q}")
-    header = f"{'#':>3} {'layer':<28} {'op':<13} {'attributes':<24} {'in (HxWxC)':<12} " \
-             f"{'out':<10} {'params':>8} {'MACs':>11}  annotations"
+    header = (
+        f"{'#':>3} {'layer':<28} {'op':<13} {'attributes':<24} {'in (HxWxC)':<12} "
+        f"{'out':<10} {'params':>8} {'MACs':>11}  annotations"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -546,8 +546,8 @@ class Pad2d(Layer):
 
     def infer_shape(self) -> Shape:
         h, w, c = self.in_shape
-        t, l, b, r = self.padding
-        return (h + t + b, w + l + r, c)
+        top, left, bottom, right = self.padding
+        return (h + top + bottom, w + left + right, c)
 
     def describe(self) -> str:
         return "p" + ",".join(map(str, self.padding)) + (f" v{self.value:g}" if self.value else "")

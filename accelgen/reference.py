@@ -14,7 +14,10 @@ Contract
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -40,15 +43,20 @@ from accelgen.ir import (
 Array = np.ndarray
 
 # Upper bound on the im2col matrix of one chunk (elements), to bound memory on big batches.
-_COLS_BUDGET = 1 << 24
+_COLS_BUDGET = 1 << 25
+_WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
-def _pad(x: Array, padding: tuple[int, int, int, int], value: float, extra: tuple[int, int] = (0, 0)) -> Array:
-    t, l, b, r = padding
-    if not (t or l or b or r or extra[0] or extra[1]):
+def _pad(
+    x: Array, padding: tuple[int, int, int, int], value: float, extra: tuple[int, int] = (0, 0)
+) -> Array:
+    top, left, bottom, right = padding
+    if not (top or left or bottom or right or extra[0] or extra[1]):
         return x
     return np.pad(
-        x, ((0, 0), (t, b + extra[0]), (l, r + extra[1]), (0, 0)), constant_values=value
+        x,
+        ((0, 0), (top, bottom + extra[0]), (left, right + extra[1]), (0, 0)),
+        constant_values=value,
     )
 
 
@@ -66,51 +74,78 @@ def _taps(layer: Conv2d | MaxPool2d | AvgPool2d, oh: int, ow: int) -> Iterable[t
 def _ceil_extra(layer: MaxPool2d | AvgPool2d, h: int, w: int) -> tuple[int, int]:
     """Rows/columns a ceil-mode window reads past the padded input."""
     oh, ow = layer.out_shape[:2]
-    t, l, b, r = layer.padding
+    top, left, bottom, right = layer.padding
     need_h = (oh - 1) * layer.stride[0] + layer.dilation[0] * (layer.kernel[0] - 1) + 1
     need_w = (ow - 1) * layer.stride[1] + layer.dilation[1] * (layer.kernel[1] - 1) + 1
-    return max(0, need_h - (h + t + b)), max(0, need_w - (w + l + r))
+    return max(0, need_h - (h + top + bottom)), max(0, need_w - (w + left + right))
+
+
+def _in_threads(fn: Callable[[int, int], None], n: int, min_chunk: int = 1) -> None:
+    """Run ``fn(start, stop)`` over batch slices on all cores (numpy releases the GIL)."""
+    workers = min(_WORKERS, max(1, n // min_chunk))
+    if workers <= 1:
+        fn(0, n)
+        return
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(fn, int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]:
+            f.result()
+
+
+def _depthwise(layer: Conv2d, xp: Array, out: Array) -> None:
+    """Per-tap multiply-accumulate, in place, batch slices in parallel threads."""
+    oh, ow = layer.out_shape[:2]
+    m = layer.out_channels // layer.groups
+    taps = list(_taps(layer, oh, ow))
+    w = layer.weight
+
+    def work(a: int, b: int) -> None:
+        o = out[a:b]
+        o[...] = layer.bias
+        buf = np.empty_like(o)
+        for t, (rows, cols) in enumerate(taps):
+            tap = xp[a:b, rows, cols, :]
+            if m > 1:
+                tap = np.repeat(tap, m, axis=-1)
+            np.multiply(tap, w[:, t // layer.kernel[1], t % layer.kernel[1], 0], out=buf)
+            o += buf
+
+    _in_threads(work, xp.shape[0])
 
 
 def conv2d(layer: Conv2d, x: Array) -> Array:
     n = x.shape[0]
     oh, ow, c_out = layer.out_shape
     xp = _pad(x, layer.padding, 0.0)
-    w = layer.weight
     if layer.groups == layer.in_channels:  # depthwise (or a single channel): per-tap products
-        m = c_out // layer.groups
-        out = np.zeros((n, oh, ow, c_out), np.float32)
-        for t, (rows, cols) in enumerate(_taps(layer, oh, ow)):
-            tap = xp[:, rows, cols, :]
-            if m > 1:
-                tap = np.repeat(tap, m, axis=-1)
-            out += tap * w[:, t // layer.kernel[1], t % layer.kernel[1], 0]
-        return out + layer.bias
+        out = np.empty((n, oh, ow, c_out), np.float32)
+        _depthwise(layer, xp, out)
+        return out
     g = layer.groups
     taps = layer.kernel[0] * layer.kernel[1]
     cg = layer.in_channels // g
     og = c_out // g
     # weight -> (g, taps*cg, og), matching the column order (tap, channel-in-group)
-    wg = w.reshape(g, og, taps, cg).transpose(0, 2, 3, 1).reshape(g, taps * cg, og)
+    wg = layer.weight.reshape(g, og, taps, cg).transpose(0, 2, 3, 1).reshape(g, taps * cg, og)
+    if taps == 1 and layer.stride == (1, 1) and g == 1:  # pointwise: one matrix product
+        y = xp.reshape(n * oh * ow, layer.in_channels) @ wg[0]
+        return y.reshape(n, oh, ow, c_out) + layer.bias
     chunk = max(1, _COLS_BUDGET // max(1, oh * ow * taps * layer.in_channels))
-    outs = []
+    out = np.empty((n, oh, ow, c_out), np.float32)
     for start in range(0, n, chunk):
         xs = xp[start : start + chunk]
         k = xs.shape[0]
-        if taps == 1 and layer.stride == (1, 1):
-            cols = xs.reshape(k * oh * ow, layer.in_channels)
-        else:
-            cols = np.stack([xs[:, r, c, :] for r, c in _taps(layer, oh, ow)], axis=3)
-            cols = cols.reshape(k * oh * ow, taps, layer.in_channels)
+        cols = np.stack([xs[:, r, c, :] for r, c in _taps(layer, oh, ow)], axis=3)
+        cols = cols.reshape(k * oh * ow, taps, layer.in_channels)
         if g == 1:
             y = cols.reshape(k * oh * ow, taps * cg) @ wg[0]
         else:
             colsg = cols.reshape(k * oh * ow, taps, g, cg).transpose(2, 0, 1, 3)
             y = np.matmul(colsg.reshape(g, k * oh * ow, taps * cg), wg)  # (g, P, og)
             y = y.transpose(1, 0, 2).reshape(k * oh * ow, c_out)
-        outs.append(y.reshape(k, oh, ow, c_out))
-    out = outs[0] if len(outs) == 1 else np.concatenate(outs)
-    return out + layer.bias
+        out[start : start + k] = y.reshape(k, oh, ow, c_out)
+    out += layer.bias
+    return out
 
 
 def dense(layer: Dense, x: Array) -> Array:
@@ -121,11 +156,16 @@ def dense(layer: Dense, x: Array) -> Array:
 def maxpool(layer: MaxPool2d, x: Array) -> Array:
     oh, ow, _ = layer.out_shape
     xp = _pad(x, layer.padding, -np.inf, _ceil_extra(layer, x.shape[1], x.shape[2]))
-    out = None
-    for rows, cols in _taps(layer, oh, ow):
-        tap = xp[:, rows, cols, :]
-        out = tap.copy() if out is None else np.maximum(out, tap)
-    assert out is not None
+    taps = list(_taps(layer, oh, ow))
+    out = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
+
+    def work(a: int, b: int) -> None:
+        rows, cols = taps[0]
+        out[a:b] = xp[a:b, rows, cols, :]
+        for rows, cols in taps[1:]:
+            np.maximum(out[a:b], xp[a:b, rows, cols, :], out=out[a:b])
+
+    _in_threads(work, x.shape[0])
     return out
 
 
@@ -135,17 +175,23 @@ def avgpool(layer: AvgPool2d, x: Array) -> Array:
     extra = _ceil_extra(layer, h, w)
     xp = _pad(x, layer.padding, 0.0, extra)
     # which padded positions count towards the divisor
-    t, l, b, r = layer.padding
-    counted = np.zeros((h + t + b + extra[0], w + l + r + extra[1]), np.float32)
+    top, left, bottom, right = layer.padding
+    counted = np.zeros((h + top + bottom + extra[0], w + left + right + extra[1]), np.float32)
     if layer.count_include_pad:
-        counted[: h + t + b, : w + l + r] = 1.0
+        counted[: h + top + bottom, : w + left + right] = 1.0
     else:
-        counted[t : t + h, l : l + w] = 1.0
-    total = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.float32)
+        counted[top : top + h, left : left + w] = 1.0
+    taps = list(_taps(layer, oh, ow))
     count = np.zeros((oh, ow), np.float32)
-    for rows, cols in _taps(layer, oh, ow):
-        total += xp[:, rows, cols, :]
+    for rows, cols in taps:
         count += counted[rows, cols]
+    total = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.float32)
+
+    def work(a: int, b_: int) -> None:
+        for rows, cols in taps:
+            total[a:b_] += xp[a:b_, rows, cols, :]
+
+    _in_threads(work, x.shape[0])
     return total / count[None, :, :, None]
 
 

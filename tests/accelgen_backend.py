@@ -73,7 +73,7 @@ class AccelgenBackend(Backend):
         return AccelgenRep(model)
 
     @classmethod
-    def run_model(cls, model: onnx.ModelProto, inputs, device: str = "CPU", **kwargs: object):  # noqa: ANN001
+    def run_model(cls, model: onnx.ModelProto, inputs, device: str = "CPU", **kwargs: object):
         return cls.prepare(model, device).run(inputs)
 
     @classmethod

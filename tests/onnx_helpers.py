@@ -30,7 +30,8 @@ def make_model(
         list(nodes),
         name,
         [helper.make_tensor_value_info(n, t, list(s)) for n, s, t in inputs],
-        [helper.make_tensor_value_info(n, t, None if s is None else list(s)) for n, s, t in outputs],
+        [helper.make_tensor_value_info(n, t, None if s is None else list(s))
+         for n, s, t in outputs],
         [tensor(k, v) for k, v in (initializers or {}).items()],
     )
     imports = [helper.make_opsetid("", opset)]

@@ -15,7 +15,7 @@ from accelgen.ir import AvgPool2d, Conv2d, Dense, GlobalAvgPool, Pad2d
 from tests.onnx_helpers import FLOAT, INT64, make_model, ort_run, rel_err
 
 
-def check_against_ort(model, x: np.ndarray, tol: float = 1e-5):  # noqa: ANN001, ANN201
+def check_against_ort(model, x: np.ndarray, tol: float = 1e-5):
     graph = load_model(model)
     name = model.graph.input[0].name
     ours = reference.run(graph, {name: x})
@@ -50,15 +50,19 @@ def conv_configs(draw: st.DrawFn) -> dict:
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 12))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 12))
-    return dict(groups=groups, c_in=c_in, c_out=c_out, k=(kh, kw), d=(dh, dw), pads=pads,
-                s=(sh, sw), h=h, w=w, bias=draw(st.booleans()), batch=draw(st.integers(1, 3)))
+    return {
+        "groups": groups, "c_in": c_in, "c_out": c_out, "k": (kh, kw), "d": (dh, dw),
+        "pads": pads, "s": (sh, sw), "h": h, "w": w, "bias": draw(st.booleans()),
+        "batch": draw(st.integers(1, 3)),
+    }
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=conv_configs(), seed=st.integers(0, 2**16))
 def test_conv_matches_onnxruntime(cfg: dict, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal((cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["k"])).astype(np.float32)
+    shape = (cfg["c_out"], cfg["c_in"] // cfg["groups"], *cfg["k"])
+    w = rng.standard_normal(shape).astype(np.float32)
     inits = {"W": w}
     ins = ["x", "W"]
     if cfg["bias"]:
@@ -77,7 +81,8 @@ def test_conv_matches_onnxruntime(cfg: dict, seed: int) -> None:
     if cfg["groups"] == cfg["c_in"] > 1:
         assert conv.is_depthwise and conv.depth_multiplier == cfg["c_out"] // cfg["c_in"]
     oh, ow, _ = conv.out_shape
-    assert conv.macs == oh * ow * cfg["c_out"] * cfg["k"][0] * cfg["k"][1] * (cfg["c_in"] // cfg["groups"])
+    per_output = cfg["k"][0] * cfg["k"][1] * (cfg["c_in"] // cfg["groups"])
+    assert conv.macs == oh * ow * cfg["c_out"] * per_output
     assert conv.params == w.size + cfg["c_out"]
 
 
@@ -105,9 +110,9 @@ def test_conv_auto_pad(auto_pad: str, rng: np.random.Generator) -> None:
     hw=st.tuples(st.integers(4, 11), st.integers(4, 11)),
     seed=st.integers(0, 2**16),
 )
-def test_pool_matches_onnxruntime(op, k, s, pads, ceil, include, hw, seed) -> None:  # noqa: ANN001
+def test_pool_matches_onnxruntime(op, k, s, pads, ceil, include, hw, seed) -> None:
     pads = [min(p, k[i % 2] - 1) for i, p in enumerate(pads)]  # ONNX: pad < kernel
-    attrs = dict(kernel_shape=list(k), strides=list(s), pads=pads, ceil_mode=int(ceil))
+    attrs = {"kernel_shape": list(k), "strides": list(s), "pads": pads, "ceil_mode": int(ceil)}
     if op == "AveragePool":
         attrs["count_include_pad"] = int(include)
     model = make_model([helper.make_node(op, ["x"], ["y"], **attrs)],
@@ -134,13 +139,17 @@ def test_global_pools_and_full_window_average(rng: np.random.Generator) -> None:
 
 def _cbr(prefix: str, c_in: int, c_out: int, rng: np.random.Generator, inp: str, k: int = 3):
     w = rng.standard_normal((c_out, c_in, k, k)).astype(np.float32) * 0.3
-    bn = {f"{prefix}_s": rng.uniform(0.5, 2, c_out), f"{prefix}_b": rng.standard_normal(c_out),
-          f"{prefix}_m": rng.standard_normal(c_out) * 0.1, f"{prefix}_v": rng.uniform(0.5, 2, c_out)}
+    bn = {
+        f"{prefix}_s": rng.uniform(0.5, 2, c_out),
+        f"{prefix}_b": rng.standard_normal(c_out),
+        f"{prefix}_m": rng.standard_normal(c_out) * 0.1,
+        f"{prefix}_v": rng.uniform(0.5, 2, c_out),
+    }
     inits = {f"{prefix}_w": w, **{k_: v.astype(np.float32) for k_, v in bn.items()}}
     nodes = [
         helper.make_node("Conv", [inp, f"{prefix}_w"], [f"{prefix}_c"], pads=[k // 2] * 4),
         helper.make_node("BatchNormalization",
-                         [f"{prefix}_c", f"{prefix}_s", f"{prefix}_b", f"{prefix}_m", f"{prefix}_v"],
+                         [f"{prefix}_{s}" for s in "csbmv"],
                          [f"{prefix}_n"], epsilon=1e-3),
         helper.make_node("Relu", [f"{prefix}_n"], [f"{prefix}_r"]),
     ]

@@ -5,7 +5,8 @@ DequantizeLinear pair applied as fake quantization on its tensor (the annotation
 recorded). onnxruntime with graph optimizations disabled executes exactly that (Q and DQ as
 separate float ops). We compare the int8 codes of the logits (the QuantizeLinear after the dense
 layer) and of the model's int8 softmax output: top-1 must agree on every input and codes may
-differ by at most 4 LSBs (measured: 3, on ResNet-8) where float32 summation order flips a rounding tie upstream.
+differ by at most 4 LSBs (measured: 3, on ResNet-8) where float32 summation order flips a
+rounding tie upstream.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _with_logits_output(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     return out, logits
 
 
-def _inputs(graph, n: int, seed: int) -> np.ndarray:  # noqa: ANN001
+def _inputs(graph, n: int, seed: int) -> np.ndarray:
     gi = graph.inputs[0]
     rng = np.random.default_rng(seed)
     if gi.dtype == "int8":

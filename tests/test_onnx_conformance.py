@@ -131,7 +131,7 @@ class ExactIntegerBackendTest(onnx.backend.test.BackendTest):
     """BackendTest comparing integer outputs with ==, not within a tolerance."""
 
     @classmethod
-    def assert_similar_outputs(cls, ref_outputs, outputs, rtol, atol, model_dir=None):  # noqa: ANN001
+    def assert_similar_outputs(cls, ref_outputs, outputs, rtol, atol, model_dir=None):
         for ref, out in zip(ref_outputs, outputs, strict=True):
             if isinstance(ref, np.ndarray) and ref.dtype.kind in "iub":
                 np.testing.assert_array_equal(out.shape, ref.shape)
@@ -144,7 +144,7 @@ _backend_test = ExactIntegerBackendTest(AccelgenBackend, __name__)
 for _name in EXPECTED_PASS:
     _backend_test.include(rf"^{re.escape(_name)}_cpu$")
 _wanted = {f"{n}_cpu" for n in EXPECTED_PASS}
-for _items in _backend_test._test_items.values():  # noqa: SLF001 - onnx is pinned for tests
+for _items in _backend_test._test_items.values():
     for _name in [n for n in _items if n not in _wanted]:
         del _items[_name]  # keep the report free of thousands of out-of-scope skips
 globals().update(_backend_test.test_cases)

@@ -45,7 +45,7 @@ class Node:
         return i < len(self.inputs) and self.inputs[i] != ""
 
 
-class Relayout(Exception):  # noqa: N818 - control flow, not an error
+class Relayout(Exception):
     """A graph input's layout turned out to be other than assumed: restart with `layout`."""
 
     def __init__(self, input_name: str, layout: np.ndarray) -> None:

@@ -18,7 +18,9 @@ from accelgen.frontend.values import Constant, Value, View, float_dtype, is_inte
 from accelgen.ir import Add, Clip, Concat, Layer, Relu, Softmax
 
 
-def _elementwise_layer(ctx: Context, node: Node, x: View, cls: type[Layer], **fields: object) -> View:
+def _elementwise_layer(
+    ctx: Context, node: Node, x: View, cls: type[Layer], **fields: object
+) -> View:
     shape = ctx.shape(x.tensor)
     out = ctx.new_tensor(node.outputs[0], shape, aligned_from=x.tensor)
     ctx.add_layer(
@@ -86,7 +88,7 @@ def _view_and_const(ctx: Context, node: Node) -> tuple[View, Constant, int]:
 
 
 def _legacy_broadcast(node: Node, x: View, c: Constant) -> Constant:
-    """Opset < 7 arithmetic broadcasts B onto A from attribute `axis` (suffix-aligned without it)."""
+    """Opset < 7 arithmetic: B broadcasts onto A from attribute `axis` (else suffix-aligned)."""
     if node.opset >= 7 or not int(node.attr("broadcast", 0)):
         return c
     axis = node.attr("axis", None)
@@ -129,7 +131,8 @@ def add(ctx: Context, node: Node) -> list[Value]:
         return [View(out, a.index, float_dtype(a))]
     x, c, _ = _view_and_const(ctx, node)
     bias = ctx.channel_vector(node, x, c.value, "added constant")
-    quant = c.quant if c.quant is not None and (not c.quant.per_channel or c.value.ndim == 1) else None
+    usable = c.quant is not None and (not c.quant.per_channel or c.value.ndim == 1)
+    quant = c.quant if usable else None
     return [ctx.emit_affine(node, x, np.ones_like(bias), bias, bias_quant=quant)]
 
 

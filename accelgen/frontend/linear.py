@@ -27,7 +27,9 @@ def window_attrs(
     if auto_pad in ("NOTSET", ""):
         pads = tuple(node.attr("pads", [0, 0, 0, 0]))
         if len(pads) != 4:
-            raise UnsupportedError(f"{node.label}: pads {pads!r} are not 2-D (top, left, bottom, right)")
+            raise UnsupportedError(
+                f"{node.label}: pads {pads!r} are not 2-D (top, left, bottom, right)"
+            )
         if min(pads) < 0:
             raise UnsupportedError(f"{node.label}: negative pads {pads!r} are not supported")
         padding = (int(pads[0]), int(pads[1]), int(pads[2]), int(pads[3]))

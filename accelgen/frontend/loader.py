@@ -40,18 +40,56 @@ def read_model(path: str | Path) -> onnx.ModelProto:
         raise ModelFileError(
             f"{str(path)!r} is not a readable ONNX model (truncated or corrupt: {err})"
         ) from None
+    if any(
+        init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer
+    ):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as err:
+            raise ModelFileError(
+                f"{str(path)!r} keeps its weights in an external data file that cannot be "
+                f"read ({err}); keep the .data file next to the model"
+            ) from None
     check_model(model, str(path))
     return model
 
 
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
-    if not model.graph.node and not model.graph.output:
+    """Structural checks with messages that name the node, then onnx's own checker."""
+    g = model.graph
+    if not g.node and not g.output:
         raise ModelFileError(f"{where!r} holds no graph (is it an ONNX model?)")
+    defined = {vi.name for vi in g.input} | {init.name for init in g.initializer}
+    for i, node in enumerate(g.node):
+        label = f"{node.op_type} node {node.name or f'#{i}'!r}"
+        for name in node.input:
+            if name and name not in defined:
+                raise ModelFileError(
+                    f"{where!r}: {label} reads {name!r}, which no earlier node, graph input or "
+                    f"initializer defines (a missing initializer, or nodes out of order)"
+                )
+        for name in node.output:
+            if name and name in defined:
+                raise ModelFileError(
+                    f"{where!r}: {label} writes {name!r}, which is already defined"
+                )
+            defined.add(name)
+    for vi in g.output:
+        if vi.name not in defined:
+            raise ModelFileError(f"{where!r}: graph output {vi.name!r} is never computed")
+    initializers = {init.name for init in g.initializer}
+    for vi in g.input:
+        if vi.name not in initializers:
+            _input_shape(vi)  # a missing or dynamic shape, named, before the generic checker
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelFileError(f"{where!r} is not a valid ONNX model: {first}") from None
+        text = " ".join(str(err).split()) or type(err).__name__
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise ModelFileError(f"{where!r} is not a valid ONNX model: {text}") from None
 
 
 def load_model(
@@ -163,7 +201,8 @@ def _check_supported(nodes: list[Node]) -> None:
     ]
     if bad:
         first = bad[0]
-        more = f" (and {len(bad) - 1} more: {sorted({n.op_type for n in bad[1:]})})" if bad[1:] else ""
+        others = sorted({n.op_type for n in bad[1:]})
+        more = f" (and {len(bad) - 1} more: {others})" if bad[1:] else ""
         domain = f" in domain {first.domain!r}" if first.domain not in DEFAULT_DOMAINS else ""
         raise UnsupportedError(
             f"unsupported op {first.op_type!r}{domain} at node {first.name!r}{more}; "
@@ -221,7 +260,8 @@ def _input_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
     except (KeyError, TypeError, ValueError):
         dtype = None
     if dtype is None or dtype.name not in _INPUT_TYPES:
-        name = onnx.TensorProto.DataType.Name(elem) if elem in onnx.TensorProto.DataType.values() else elem
+        known = elem in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(elem) if known else elem
         raise UnsupportedError(
             f"graph input {vi.name!r} has element type {name}; accelgen takes float or integer "
             f"inputs"
@@ -229,7 +269,9 @@ def _input_dtype(vi: onnx.ValueInfoProto) -> np.dtype:
     return dtype
 
 
-def _fold(node: Node, values: list[np.ndarray | None], opsets: Mapping[str, int]) -> list[np.ndarray]:
+def _fold(
+    node: Node, values: list[np.ndarray | None], opsets: Mapping[str, int]
+) -> list[np.ndarray]:
     """Evaluate a node on constant inputs with onnx's reference runtime."""
     from onnx.reference import ReferenceEvaluator
 
@@ -261,6 +303,13 @@ def _fold(node: Node, values: list[np.ndarray | None], opsets: Mapping[str, int]
     return [np.asarray(next(it)) if o else np.zeros(0) for o in out_names]
 
 
+def _initializer(init: onnx.TensorProto) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(init)
+    except (ValueError, TypeError, RuntimeError, OSError) as err:
+        raise ModelFileError(f"initializer {init.name!r} is unreadable: {err}") from None
+
+
 def _convert_once(
     model: onnx.ModelProto,
     nodes: list[Node],
@@ -279,10 +328,7 @@ def _convert_once(
         ctx.use_count[o.name] = ctx.use_count.get(o.name, 0) + 1
 
     for init in g.initializer:
-        try:
-            ctx.values[init.name] = Constant(numpy_helper.to_array(init))
-        except (ValueError, TypeError, RuntimeError, OSError) as err:
-            raise ModelFileError(f"initializer {init.name!r} is unreadable: {err}") from None
+        ctx.values[init.name] = Constant(_initializer(init))
     for vi in g.input:
         if vi.name in ctx.values:
             continue  # an initializer listed as an input (old exporters)

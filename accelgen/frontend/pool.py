@@ -8,7 +8,14 @@ from accelgen.errors import ShapeError, UnsupportedError
 from accelgen.frontend.context import Context, Node
 from accelgen.frontend.linear import window_attrs
 from accelgen.frontend.registry import register
-from accelgen.frontend.values import Value, View, float_dtype, is_integer_dtype, nchw_index, nhwc_index
+from accelgen.frontend.values import (
+    Value,
+    View,
+    float_dtype,
+    is_integer_dtype,
+    nchw_index,
+    nhwc_index,
+)
 from accelgen.ir import (
     AvgPool2d,
     GlobalAvgPool,
@@ -32,7 +39,9 @@ def _kernel(node: Node) -> tuple[int, int]:
     return (int(k[0]), int(k[1]))
 
 
-def _emit(ctx: Context, node: Node, x: View, cls: type[Layer], out_shape: Shape, **f: object) -> View:
+def _emit(
+    ctx: Context, node: Node, x: View, cls: type[Layer], out_shape: Shape, **f: object
+) -> View:
     tensor, shape = ctx.require_nchw(node, x)
     out = ctx.new_tensor(node.outputs[0], out_shape)
     layer = ctx.add_layer(
@@ -44,7 +53,9 @@ def _emit(ctx: Context, node: Node, x: View, cls: type[Layer], out_shape: Shape,
     return View(out, nchw_index(out_shape), dtype)
 
 
-def _windowed(ctx: Context, node: Node, cls: type[MaxPool2d] | type[AvgPool2d], **f: object) -> View:
+def _windowed(
+    ctx: Context, node: Node, cls: type[MaxPool2d] | type[AvgPool2d], **f: object
+) -> View:
     x = ctx.view(node, 0)
     if x.index.ndim != 3:
         raise UnsupportedError(
@@ -115,7 +126,7 @@ def reduce_mean(ctx: Context, node: Node) -> list[Value]:
     axes = sorted(a + rank if a < 0 else a for a in axes)
     keep = bool(node.attr("keepdims", 1))
     shape = ctx.shape(x.tensor)
-    h, w, c = shape
+    _h, _w, c = shape
     if rank == 4 and axes == [2, 3] and np.array_equal(x.index, nchw_index(shape)):
         out_index = np.arange(c, dtype=np.int64).reshape(c, 1, 1)
     elif rank == 4 and axes == [1, 2] and np.array_equal(x.index, nhwc_index(shape)):
@@ -138,7 +149,9 @@ def reduce_mean(ctx: Context, node: Node) -> list[Value]:
 def pad(ctx: Context, node: Node) -> list[Value]:
     mode = node.attr("mode", "constant")
     if mode != "constant":
-        raise UnsupportedError(f"{node.label}: {mode!r} padding; accelgen supports constant padding")
+        raise UnsupportedError(
+            f"{node.label}: {mode!r} padding; accelgen supports constant padding"
+        )
     x = ctx.view(node, 0)
     rank = len(x.onnx_shape)
     if node.opset < 11:

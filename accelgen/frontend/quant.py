@@ -48,7 +48,8 @@ def _linear_params(
     zp_c = ctx.optional_const(node, 2, "zero point")
     zp = np.zeros_like(scale) if zp_c is None else np.asarray(zp_c)
     bits, signed = _code_type(node, code_dtype)
-    if zp_c is not None and zp_c.size and np.any(zp_c.astype(np.float64) != np.round(zp_c.astype(np.float64))):
+    zp64 = zp.astype(np.float64)
+    if np.any(zp64 != np.round(zp64)):
         raise ShapeError(f"{node.label}: zero point must be integral")
     axis = None
     if scale.size > 1:
@@ -171,7 +172,7 @@ def qonnx_quant(ctx: Context, node: Node) -> list[Value]:
     if len(big) > 1:
         raise UnsupportedError(f"{node.label}: scale {scale.shape!r} varies along several axes")
     axis = None if not big else big[0] + data_rank - scale.ndim
-    zp_flat = np.broadcast_to(zp, scale.shape).reshape(-1) if zp.size > 1 or scale.size > 1 else zp.reshape(-1)
+    zp_flat = np.broadcast_to(zp, scale.shape).reshape(-1)
     params = QuantParams(
         scale=tuple(float(s) for s in scale.reshape(-1)),
         zero_point=tuple(float(z) for z in zp_flat),
@@ -183,7 +184,8 @@ def qonnx_quant(ctx: Context, node: Node) -> list[Value]:
         source="qonnx",
     )
     if isinstance(v, Constant):
-        real = params.fake_quantize(np.asarray(v.value, np.float32), axis if axis is not None else -1)
+        along = axis if axis is not None else -1
+        real = params.fake_quantize(np.asarray(v.value, np.float32), along)
         return [Constant(real, quant=params, quant_axis=axis)]
     x = ctx.view(node, 0)
     if axis is not None:
