@@ -25,7 +25,7 @@ from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
 log = logging.getLogger("accelgen")
 
 BOARD_ALIASES = ("ice40", "ecp5", "gowin")
-ENGINES = ("reference",)
+ENGINES = ("reference", "golden")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,30 +200,202 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# models and shape descriptions
+# --------------------------------------------------------------------------------------------
+
+
+def is_accel(path: Path) -> bool:
+    return path.is_dir() and (path / "graph.json").exists()
+
+
+def load_accel(arg: str):
+    from accelgen.quantized import load
+
+    path = Path(arg)
+    if not path.exists():
+        raise UsageError(f"shape description {arg!r} does not exist (make one with "
+                         f"`accelgen compress`)")
+    return load(path)
+
+
+def zoo_entry_for(path: Path):
+    from accelgen import zoo
+
+    for entry in zoo.MODELS.values():
+        if entry.available and entry.path().resolve() == path.resolve():
+            return entry
+    return None
+
+
+def default_data(model_path: Path | None, which: str, qg=None):
+    """The shipped subset for an example model (by path, or by the .accel's recorded source)."""
+    from accelgen import zoo
+    from accelgen.data import load_npz
+
+    entry = zoo_entry_for(model_path) if model_path is not None else None
+    if entry is None and qg is not None:
+        name = qg.meta.get("zoo_model")
+        entry = zoo.MODELS.get(name) if name else None
+    if entry is None or not entry.available:
+        return None
+    path = entry.path("eval_data" if which == "eval" else "calib_data")
+    return load_npz(path) if path.is_file() else None
+
+
+def parse_layer_bits(text: str | None) -> dict[str, int]:
+    if not text:
+        return {}
+    out = {}
+    for item in text.split(","):
+        name, sep, bits = item.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"--layer-bits item {item!r} is not NAME=BITS")
+        try:
+            out[name] = int(bits)
+        except ValueError:
+            raise UsageError(f"--layer-bits item {item!r}: {bits!r} is not an integer") from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from accelgen import reference
-    from accelgen.frontend import load_model
-
-    path = resolve_model(args.model)
-    graph = load_model(path)
-    feeds = load_inputs(args.inputs, graph)
-    outputs = reference.run(graph, feeds)
-    out = Path(args.output)
+def _write_outputs(outputs: dict[str, np.ndarray], target: str) -> Path:
+    out = Path(target)
     if len(outputs) == 1:
         (value,) = outputs.values()
         if out.suffix != ".npy":
-            raise UsageError(f"output {args.output!r} must end in .npy (one model output)")
+            raise UsageError(f"output {target!r} must end in .npy (one model output)")
         atomic_write(out, lambda p: np.save(p, value))
     else:
         if out.suffix != ".npz":
-            raise UsageError(f"output {args.output!r} must end in .npz (several model outputs)")
+            raise UsageError(f"output {target!r} must end in .npz (several model outputs)")
         atomic_write(out, lambda p: np.savez(p, **outputs))
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from accelgen import golden, reference
+    from accelgen.frontend import load_model
+
+    if args.engine == "golden":
+        if not is_accel(Path(args.model)):
+            raise UsageError(
+                f"--engine golden runs a shape description (NAME.accel/); {args.model!r} is not "
+                f"one: run `accelgen compress {args.model}` first"
+            )
+        qg = load_accel(args.model)
+        feeds = load_inputs(args.inputs, qg)
+        outputs = golden.run(qg, feeds)
+    else:
+        if is_accel(Path(args.model)):
+            raise UsageError(f"{args.model!r} is a shape description; run it with --engine golden")
+        graph = load_model(resolve_model(args.model))
+        feeds = load_inputs(args.inputs, graph)
+        outputs = reference.run(graph, feeds)
+    out = _write_outputs(outputs, args.output)
     for name, value in outputs.items():
         print(f"{name}: {value.shape} {value.dtype} -> {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# compress
+# --------------------------------------------------------------------------------------------
+
+
+def _calibration(args: argparse.Namespace, model_path: Path, graph):
+    from accelgen.data import load_npz, random_inputs
+
+    gi = graph.inputs[0]
+    if args.calib_data == "random":
+        print("accelgen: warning: calibrating on random inputs; accuracy figures are "
+              "meaningless (use this for fit and speed studies only)", file=sys.stderr)
+        return random_inputs(gi.onnx_shape, gi.dtype, 256, seed=args.seed)
+    if args.calib_data:
+        return load_npz(args.calib_data, gi.onnx_shape)
+    return default_data(model_path, "calib")  # None: the quantizer says what it needs
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from accelgen.compress.pipeline import compress, summary_lines, write
+    from accelgen.compress.quantize import QuantConfig
+    from accelgen.data import load_npz
+    from accelgen.frontend import load_model
+
+    model_path = resolve_model(args.model)
+    config = QuantConfig(
+        weight_bits=args.weight_bits if args.weight_bits is not None else args.bits,
+        act_bits=args.act_bits if args.act_bits is not None else args.bits,
+        layer_bits=parse_layer_bits(args.layer_bits),
+        calibration=args.calibration,
+        rounding=args.rounding,
+        seed=args.seed,
+    )
+    graph = load_model(model_path)
+    calib = _calibration(args, model_path, graph)
+    if args.eval_data:
+        evaluation = load_npz(args.eval_data, graph.inputs[0].onnx_shape)
+    else:
+        evaluation = default_data(model_path, "eval")
+    result = compress(graph, config, calib, evaluation)
+    entry = zoo_entry_for(model_path)
+    result.qgraph.meta["zoo_model"] = entry.name if entry else None
+    result.qgraph.meta["source_path"] = str(model_path)
+    out = Path(args.output) if args.output else Path(f"{graph.name}.accel")
+    write(result, out)
+    for line in summary_lines(result.report):
+        print(line)
+    print(f"wrote {out}/ (graph.json, weights.npz, report.json)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from accelgen import evaluate
+    from accelgen.data import load_npz
+    from accelgen.frontend import load_model
+
+    target = Path(args.model) if args.model else None
+    accel = target is not None and is_accel(target)
+    engine = args.engine or ("golden" if accel else "reference")
+    if accel:
+        qg = load_accel(args.model)
+        if engine != "golden":
+            raise UsageError(f"a shape description runs on --engine golden, not {engine!r}")
+        shape = qg.inputs[0].onnx_shape
+        data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
+            None, "eval", qg)
+        scores = lambda x: evaluate.golden_scores(qg, x)  # noqa: E731
+    else:
+        model_path = resolve_model(args.model)
+        if engine != "reference":
+            raise UsageError(
+                f"--engine {engine} needs a shape description: run `accelgen compress` first"
+            )
+        graph = load_model(model_path)
+        shape = graph.inputs[0].onnx_shape
+        data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
+            model_path, "eval")
+        scores = lambda x: evaluate.float_scores(graph, x)  # noqa: E731
+    if data is None:
+        raise UsageError("this model has no shipped evaluation data: pass --data FILE.npz")
+    if data.y is None:
+        raise UsageError(f"{data.source!r} has no labels 'y'; accuracy needs them")
+    data = data.limit(args.limit)
+    result = evaluate.accuracy(scores, data, engine)
+    doc = {**result.as_dict(), "data": data.source}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"{engine}: {result.correct:,}/{result.images:,} correct = "
+              f"{100 * result.accuracy:.2f} % on {data.source}")
     return 0
 
 
@@ -242,7 +414,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"model {graph.name}: {len(graph.layers)} layers, {graph.params:,} params, "
           f"{graph.macs:,} MACs (frontend and float reference ready)")
     raise NotBuiltYet(
-        f"stopping before compression for {args.board}: quantization, hardware generation and "
+        f"stopping before hardware generation for {args.board}: the hardware templates and "
         f"the bitstream build are not built yet"
     )
 
@@ -265,11 +437,35 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_inspect)
 
     s = sub.add_parser("run", help="run inference on inputs from a .npy/.npz file")
-    s.add_argument("model", help="an .onnx file or a shipped model name")
+    s.add_argument("model", help="an .onnx file, a shipped model name, or NAME.accel/")
     s.add_argument("--inputs", required=True, help=".npy (one input) or .npz (keyed by name)")
     s.add_argument("-o", "--output", required=True, help=".npy (one output) or .npz")
     s.add_argument("--engine", choices=ENGINES, default="reference")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("compress", help="quantize a model into a shape description NAME.accel/")
+    s.add_argument("model", nargs="?", default=None,
+                   help="an .onnx file or a shipped model name (default: the default model)")
+    s.add_argument("--bits", type=int, default=8, help="weight and activation bits (2..16)")
+    s.add_argument("--weight-bits", type=int, default=None, help="override --bits for weights")
+    s.add_argument("--act-bits", type=int, default=None, help="override --bits for activations")
+    s.add_argument("--layer-bits", default=None, metavar="NAME=B,...",
+                   help="per-layer bit widths (weights and output)")
+    s.add_argument("--calibration", choices=("kl", "max", "percentile"), default="kl")
+    s.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
+    s.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
+    s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")
+    s.add_argument("--eval-data", default=None, metavar="FILE.npz")
+    s.add_argument("-o", "--output", default=None, metavar="OUT.accel")
+    s.set_defaults(fn=cmd_compress)
+
+    s = sub.add_parser("evaluate", help="accuracy of a model or shape description")
+    s.add_argument("model", nargs="?", default=None, help=".onnx, shipped name or NAME.accel/")
+    s.add_argument("--data", default=None, metavar="FILE.npz")
+    s.add_argument("--engine", choices=ENGINES, default=None)
+    s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("build", help="model -> accelerator -> bitstream and report")
     s.add_argument("--board", default="ice40", help=f"one of {', '.join(BOARD_ALIASES)}")

@@ -14,10 +14,7 @@ Contract
 
 from __future__ import annotations
 
-import itertools
-import os
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -39,64 +36,19 @@ from accelgen.ir import (
     Relu,
     Softmax,
 )
+from accelgen.kernels import ceil_extra, counted_taps, in_threads, pad_hw, window_taps
 
 Array = np.ndarray
 
 # Upper bound on the im2col matrix of one chunk (elements), to bound memory on big batches.
 _COLS_BUDGET = 1 << 25
-_WORKERS = max(1, min(8, os.cpu_count() or 1))
-
-
-def _pad(
-    x: Array, padding: tuple[int, int, int, int], value: float, extra: tuple[int, int] = (0, 0)
-) -> Array:
-    top, left, bottom, right = padding
-    if not (top or left or bottom or right or extra[0] or extra[1]):
-        return x
-    return np.pad(
-        x,
-        ((0, 0), (top, bottom + extra[0]), (left, right + extra[1]), (0, 0)),
-        constant_values=value,
-    )
-
-
-def _taps(layer: Conv2d | MaxPool2d | AvgPool2d, oh: int, ow: int) -> Iterable[tuple[slice, slice]]:
-    """The (row, column) slices of the padded input that each kernel tap reads."""
-    (kh, kw), (sh, sw), (dh, dw) = layer.kernel, layer.stride, layer.dilation
-    for i in range(kh):
-        for j in range(kw):
-            yield (
-                slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
-                slice(j * dw, j * dw + (ow - 1) * sw + 1, sw),
-            )
-
-
-def _ceil_extra(layer: MaxPool2d | AvgPool2d, h: int, w: int) -> tuple[int, int]:
-    """Rows/columns a ceil-mode window reads past the padded input."""
-    oh, ow = layer.out_shape[:2]
-    top, left, bottom, right = layer.padding
-    need_h = (oh - 1) * layer.stride[0] + layer.dilation[0] * (layer.kernel[0] - 1) + 1
-    need_w = (ow - 1) * layer.stride[1] + layer.dilation[1] * (layer.kernel[1] - 1) + 1
-    return max(0, need_h - (h + top + bottom)), max(0, need_w - (w + left + right))
-
-
-def _in_threads(fn: Callable[[int, int], None], n: int, min_chunk: int = 1) -> None:
-    """Run ``fn(start, stop)`` over batch slices on all cores (numpy releases the GIL)."""
-    workers = min(_WORKERS, max(1, n // min_chunk))
-    if workers <= 1:
-        fn(0, n)
-        return
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:
-        for f in [pool.submit(fn, int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]:
-            f.result()
 
 
 def _depthwise(layer: Conv2d, xp: Array, out: Array) -> None:
     """Per-tap multiply-accumulate, in place, batch slices in parallel threads."""
     oh, ow = layer.out_shape[:2]
     m = layer.out_channels // layer.groups
-    taps = list(_taps(layer, oh, ow))
+    taps = list(window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow))
     w = layer.weight
 
     def work(a: int, b: int) -> None:
@@ -110,13 +62,13 @@ def _depthwise(layer: Conv2d, xp: Array, out: Array) -> None:
             np.multiply(tap, w[:, t // layer.kernel[1], t % layer.kernel[1], 0], out=buf)
             o += buf
 
-    _in_threads(work, xp.shape[0])
+    in_threads(work, xp.shape[0])
 
 
 def conv2d(layer: Conv2d, x: Array) -> Array:
     n = x.shape[0]
     oh, ow, c_out = layer.out_shape
-    xp = _pad(x, layer.padding, 0.0)
+    xp = pad_hw(x, layer.padding, 0.0)
     if layer.groups == layer.in_channels:  # depthwise (or a single channel): per-tap products
         out = np.empty((n, oh, ow, c_out), np.float32)
         _depthwise(layer, xp, out)
@@ -135,7 +87,8 @@ def conv2d(layer: Conv2d, x: Array) -> Array:
     for start in range(0, n, chunk):
         xs = xp[start : start + chunk]
         k = xs.shape[0]
-        cols = np.stack([xs[:, r, c, :] for r, c in _taps(layer, oh, ow)], axis=3)
+        taps_ = window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow)
+        cols = np.stack([xs[:, r, c, :] for r, c in taps_], axis=3)
         cols = cols.reshape(k * oh * ow, taps, layer.in_channels)
         if g == 1:
             y = cols.reshape(k * oh * ow, taps * cg) @ wg[0]
@@ -153,11 +106,17 @@ def dense(layer: Dense, x: Array) -> Array:
     return y.reshape(x.shape[0], 1, 1, -1)
 
 
-def maxpool(layer: MaxPool2d, x: Array) -> Array:
+def _pool_setup(layer: MaxPool2d | AvgPool2d, x: Array, value: float) -> tuple[Array, list]:
     oh, ow, _ = layer.out_shape
-    xp = _pad(x, layer.padding, -np.inf, _ceil_extra(layer, x.shape[1], x.shape[2]))
-    taps = list(_taps(layer, oh, ow))
-    out = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
+    hw = (x.shape[1], x.shape[2])
+    extra = ceil_extra((oh, ow), hw, layer.kernel, layer.stride, layer.padding, layer.dilation)
+    xp = pad_hw(x, layer.padding, value, extra)
+    return xp, list(window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow))
+
+
+def maxpool(layer: MaxPool2d, x: Array) -> Array:
+    xp, taps = _pool_setup(layer, x, -np.inf)
+    out = np.empty((x.shape[0], *layer.out_shape), np.float32)
 
     def work(a: int, b: int) -> None:
         rows, cols = taps[0]
@@ -165,34 +124,22 @@ def maxpool(layer: MaxPool2d, x: Array) -> Array:
         for rows, cols in taps[1:]:
             np.maximum(out[a:b], xp[a:b, rows, cols, :], out=out[a:b])
 
-    _in_threads(work, x.shape[0])
+    in_threads(work, x.shape[0])
     return out
 
 
 def avgpool(layer: AvgPool2d, x: Array) -> Array:
-    oh, ow, _ = layer.out_shape
-    h, w = x.shape[1:3]
-    extra = _ceil_extra(layer, h, w)
-    xp = _pad(x, layer.padding, 0.0, extra)
-    # which padded positions count towards the divisor
-    top, left, bottom, right = layer.padding
-    counted = np.zeros((h + top + bottom + extra[0], w + left + right + extra[1]), np.float32)
-    if layer.count_include_pad:
-        counted[: h + top + bottom, : w + left + right] = 1.0
-    else:
-        counted[top : top + h, left : left + w] = 1.0
-    taps = list(_taps(layer, oh, ow))
-    count = np.zeros((oh, ow), np.float32)
-    for rows, cols in taps:
-        count += counted[rows, cols]
-    total = np.zeros((x.shape[0], oh, ow, x.shape[3]), np.float32)
+    xp, taps = _pool_setup(layer, x, 0.0)
+    count = counted_taps((x.shape[1], x.shape[2]), layer.out_shape[:2], layer.kernel,
+                         layer.stride, layer.padding, layer.dilation, layer.count_include_pad)
+    total = np.zeros((x.shape[0], *layer.out_shape), np.float32)
 
-    def work(a: int, b_: int) -> None:
+    def work(a: int, b: int) -> None:
         for rows, cols in taps:
-            total[a:b_] += xp[a:b_, rows, cols, :]
+            total[a:b] += xp[a:b, rows, cols, :]
 
-    _in_threads(work, x.shape[0])
-    return total / count[None, :, :, None]
+    in_threads(work, x.shape[0])
+    return total / count[None, :, :, None].astype(np.float32)
 
 
 def softmax(layer: Softmax, x: Array) -> Array:
@@ -208,7 +155,7 @@ _EXECUTORS: dict[type[Layer], Callable[..., Array]] = {
     AvgPool2d: lambda layer, x: avgpool(layer, x),
     GlobalAvgPool: lambda layer, x: x.mean(axis=(1, 2), keepdims=True),
     GlobalMaxPool: lambda layer, x: x.max(axis=(1, 2), keepdims=True),
-    Pad2d: lambda layer, x: _pad(x, layer.padding, layer.value),
+    Pad2d: lambda layer, x: pad_hw(x, layer.padding, layer.value),
     Add: lambda layer, a, b: a + b,
     Concat: lambda layer, *xs: np.concatenate(xs, axis=3),
     Relu: lambda layer, x: np.maximum(x, np.float32(0.0)),
@@ -229,13 +176,20 @@ def run_ir(
     *,
     fake_quant: bool = True,
     keep: str = "outputs",
+    observe: Callable[[str, Array], None] | None = None,
 ) -> dict[str, Array]:
-    """Execute on IR batches; return the output tensors (`keep="outputs"`) or all (`"all"`)."""
+    """Execute on IR batches; return the output tensors (`keep="outputs"`) or all (`"all"`).
+
+    `observe(name, value)` is called for every tensor as it is computed (calibration uses it to
+    collect statistics without keeping every tensor alive).
+    """
     values: dict[str, Array] = {}
     for gi in graph.inputs:
         if gi.tensor not in inputs:
             raise UsageError(f"no value for graph input {gi.onnx_name!r}")
         values[gi.tensor] = _maybe_quant(graph, gi.tensor, inputs[gi.tensor], fake_quant)
+        if observe is not None:
+            observe(gi.tensor, values[gi.tensor])
     remaining = {}
     if keep != "all":
         for layer in graph.layers:
@@ -245,6 +199,8 @@ def run_ir(
     for layer in graph.layers:
         y = run_layer(layer, *(values[name] for name in layer.inputs))
         values[layer.output] = _maybe_quant(graph, layer.output, y, fake_quant)
+        if observe is not None:
+            observe(layer.output, values[layer.output])
         if keep != "all":
             for name in layer.inputs:
                 remaining[name] -= 1
