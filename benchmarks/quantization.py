@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from accelgen.zoo import MODELS, fmnist
 
 from accelgen import evaluate
 from accelgen.compress import QuantConfig, quantize
 from accelgen.compress.pipeline import weight_memory
 from accelgen.data import Dataset, load_npz
 from accelgen.frontend import load_model
-from accelgen.zoo import MODELS, fmnist
 
 MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
 
@@ -51,7 +51,7 @@ CONFIGS = [
 ]
 
 
-def ours(graph, calib: Dataset, test: Dataset, float_acc: float) -> list[str]:  # noqa: ANN001
+def ours(graph, calib: Dataset, test: Dataset, float_acc: float) -> list[str]:
     rows = []
     for label, config in CONFIGS:
         t0 = time.perf_counter()
@@ -71,7 +71,7 @@ class _Reader:
     def __init__(self, name: str, x: np.ndarray) -> None:
         self.name, self.x, self.i = name, x, 0
 
-    def get_next(self):  # noqa: ANN201
+    def get_next(self):
         if self.i >= len(self.x):
             return None
         self.i += 1
@@ -84,7 +84,9 @@ class _Reader:
         return len(self.x)
 
 
-def onnxruntime_peer(model_path: Path, calib: Dataset, test: Dataset, float_acc: float) -> list[str]:
+def onnxruntime_peer(
+    model_path: Path, calib: Dataset, test: Dataset, float_acc: float
+) -> list[str]:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -160,8 +162,8 @@ def main() -> None:
     ref = evaluate.accuracy(lambda a: evaluate.float_scores(graph, a), test, "reference")
     float_acc = ref.accuracy
     lines = [
-        f"dscnn_fmnist on {len(test):,} Fashion-MNIST test images; calibration: the shipped "
-        f"{len(calib)}-image training subset. Float accuracy {100 * float_acc:.2f} %.",
+        (f"dscnn_fmnist on {len(test):,} Fashion-MNIST test images; calibration: the shipped "
+        f"{len(calib)}-image training subset. Float accuracy {100 * float_acc:.2f} %."),
         "",
         "| configuration | accuracy % | vs float (points) | weight image B | of 16-bit image | s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -171,8 +173,8 @@ def main() -> None:
     lines += ["", "| peer | accuracy % | vs float (points) |", "| --- | ---: | ---: |"]
     print("\n".join(lines[-3:]), flush=True)
     lines += onnxruntime_peer(model_path, calib, test, float_acc)
-    lines += ["", "Golden vs float reference after 8-bit quantization (KL), MLPerf Tiny float "
-              "models, calibration and test on uniform random inputs in [0, 1):", "",
+    lines += ["", ("Golden vs float reference after 8-bit quantization (KL), MLPerf Tiny float "
+              "models, calibration and test on uniform random inputs in [0, 1):"), "",
               "| model | inputs | top-1 agreement |", "| --- | ---: | ---: |"]
     if MLPERF.is_dir():
         lines += mlperf_agreement()

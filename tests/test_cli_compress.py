@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from accelgen.zoo import MODELS
 from onnx import helper
 
 from accelgen import golden
 from accelgen.cli import main
 from accelgen.quantized import load
-from accelgen.zoo import MODELS
 from tests.onnx_helpers import FLOAT, make_model
 
 

@@ -12,8 +12,7 @@ import pytest
 from onnx import helper
 
 from accelgen import golden, reference
-from accelgen.compress import QuantConfig, quantize
-from accelgen.compress import calibrate
+from accelgen.compress import QuantConfig, calibrate, quantize
 from accelgen.compress.quantize import quantize_weights
 from accelgen.errors import AccelgenError, UsageError
 from accelgen.frontend import load_model
@@ -36,7 +35,7 @@ from tests.onnx_helpers import FLOAT, MLPERF, make_model
 
 def test_requantize_is_round_half_up_then_saturate() -> None:
     acc = np.arange(-40, 41, dtype=np.int64)
-    for s in range(0, 5):
+    for s in range(5):
         want = [int(np.floor(Fraction(int(a), 2**s) + Fraction(1, 2))) for a in acc]
         got = golden.requantize(acc, s, -1000, 1000)
         assert got.tolist() == want, s
@@ -179,7 +178,7 @@ def test_stochastic_rounding_reproducible_and_unbiased() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cnn(rng: np.random.Generator):  # noqa: ANN202
+def _cnn(rng: np.random.Generator):
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("Relu", ["c1"], ["r1"]),
@@ -301,7 +300,7 @@ def test_corrupt_shape_descriptions_are_one_clear_error(tmp_path: Path,
     qg, _ = quantize(graph, rng.uniform(0, 1, (32, 1, 12, 12)).astype(np.float32))
     good = save(qg, tmp_path / "good.accel")
 
-    def variant(name: str, edit) -> Path:  # noqa: ANN001
+    def variant(name: str, edit) -> Path:
         import shutil
 
         d = tmp_path / f"{name}.accel"
@@ -366,7 +365,7 @@ def test_qdq_model_keeps_its_bit_widths() -> None:
     assert (golden.logits(qg, x).argmax(1) == ref).mean() >= 0.9
 
 
-def test_unknown_accel_path_in_cli_is_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_unknown_accel_path_in_cli_is_one_line(tmp_path: Path, capsys) -> None:
     from accelgen.cli import main
 
     (tmp_path / "x.npy").write_bytes(b"")
