@@ -29,7 +29,7 @@ import numpy as np
 
 from accelgen.errors import AccelgenError, UsageError
 from accelgen.ir import window_output_size
-from accelgen.kernels import ceil_extra, counted_taps, in_threads, pad_hw, window_taps
+from accelgen.kernels import ceil_extra, counted_taps, depthwise, pad_hw, window_taps
 from accelgen.quantized import (
     QAdd,
     QAvgPool,
@@ -128,22 +128,9 @@ def conv_accumulate(layer: QConv, x: Array) -> Array:
     taps = list(window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow))
     wt = layer.weight
     if layer.groups == c_in:  # depthwise: per-tap products, exact in int64
-        m = c_out // layer.groups
-        out = np.empty((n, oh, ow, c_out), np.int64)
-
-        def work(a: int, b: int) -> None:
-            o = out[a:b]
-            o[...] = layer.bias
-            buf = np.empty_like(o)
-            for t, (rows, cols) in enumerate(taps):
-                tap = xp[a:b, rows, cols, :]
-                if m > 1:
-                    tap = np.repeat(tap, m, axis=-1)
-                np.multiply(tap, wt[:, t // kw, t % kw, 0], out=buf)
-                o += buf
-
-        in_threads(work, n)
-        return out
+        return np.ascontiguousarray(
+            depthwise(xp, wt, layer.bias, layer.kernel, layer.stride, layer.dilation, (oh, ow))
+        )
     exact_float = layer.acc_bits <= 53
     dtype = np.float64 if exact_float else np.int64
     g = layer.groups

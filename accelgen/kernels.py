@@ -29,6 +29,38 @@ def in_threads(fn: Callable[[int, int], None], n: int) -> None:
             f.result()
 
 
+def depthwise(
+    xp: np.ndarray, weight: np.ndarray, bias: np.ndarray, kernel: Pair, stride: Pair,
+    dilation: Pair, out_hw: Pair,
+) -> np.ndarray:
+    """Depthwise convolution of a padded (N, H, W, C) batch by per-tap multiply-accumulate.
+
+    `weight` is (C_out, kh, kw, 1) with C_out = C * multiplier (output channel o reads input
+    channel o // multiplier). Works channel-major — every channel's planes contiguous — with
+    channel blocks on all cores; exact for integer dtypes. Returns an (N, OH, OW, C_out) view.
+    """
+    c_out = weight.shape[0]
+    m = c_out // xp.shape[3]
+    xt = np.ascontiguousarray(xp.transpose(3, 0, 1, 2))
+    if m > 1:
+        xt = np.repeat(xt, m, axis=0)
+    taps = list(window_taps(kernel, stride, dilation, *out_hw))
+    out = np.empty((c_out, xp.shape[0], *out_hw), dtype=np.result_type(xp, weight))
+    kw = kernel[1]
+
+    def work(c0: int, c1: int) -> None:
+        o = out[c0:c1]
+        o[...] = bias[c0:c1, None, None, None]
+        buf = np.empty_like(o)
+        for t, (rows, cols) in enumerate(taps):
+            w_t = weight[c0:c1, t // kw, t % kw, 0, None, None, None]
+            np.multiply(xt[c0:c1, :, rows, cols], w_t, out=buf)
+            o += buf
+
+    in_threads(work, c_out)
+    return out.transpose(1, 2, 3, 0)
+
+
 def window_taps(
     kernel: Pair, stride: Pair, dilation: Pair, oh: int, ow: int
 ) -> Iterator[tuple[slice, slice]]:

@@ -36,7 +36,14 @@ from accelgen.ir import (
     Relu,
     Softmax,
 )
-from accelgen.kernels import ceil_extra, counted_taps, in_threads, pad_hw, window_taps
+from accelgen.kernels import (
+    ceil_extra,
+    counted_taps,
+    depthwise,
+    in_threads,
+    pad_hw,
+    window_taps,
+)
 
 Array = np.ndarray
 
@@ -44,35 +51,13 @@ Array = np.ndarray
 _COLS_BUDGET = 1 << 25
 
 
-def _depthwise(layer: Conv2d, xp: Array, out: Array) -> None:
-    """Per-tap multiply-accumulate, in place, batch slices in parallel threads."""
-    oh, ow = layer.out_shape[:2]
-    m = layer.out_channels // layer.groups
-    taps = list(window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow))
-    w = layer.weight
-
-    def work(a: int, b: int) -> None:
-        o = out[a:b]
-        o[...] = layer.bias
-        buf = np.empty_like(o)
-        for t, (rows, cols) in enumerate(taps):
-            tap = xp[a:b, rows, cols, :]
-            if m > 1:
-                tap = np.repeat(tap, m, axis=-1)
-            np.multiply(tap, w[:, t // layer.kernel[1], t % layer.kernel[1], 0], out=buf)
-            o += buf
-
-    in_threads(work, xp.shape[0])
-
-
 def conv2d(layer: Conv2d, x: Array) -> Array:
     n = x.shape[0]
     oh, ow, c_out = layer.out_shape
     xp = pad_hw(x, layer.padding, 0.0)
     if layer.groups == layer.in_channels:  # depthwise (or a single channel): per-tap products
-        out = np.empty((n, oh, ow, c_out), np.float32)
-        _depthwise(layer, xp, out)
-        return out
+        return np.ascontiguousarray(depthwise(xp, layer.weight, layer.bias, layer.kernel,
+                                              layer.stride, layer.dilation, (oh, ow)))
     g = layer.groups
     taps = layer.kernel[0] * layer.kernel[1]
     cg = layer.in_channels // g

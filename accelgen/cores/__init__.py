@@ -1,0 +1,1 @@
+"""Hardware stages of the streaming pipeline (Amaranth components with stream ports)."""

@@ -1,0 +1,282 @@
+"""The multiply-accumulate stage: window beats in, requantized pixel beats out.
+
+Two modes, matching the window orders of `SlidingWindow`:
+
+* ``"dense"`` (full, pointwise convolutions; dense layers as a convolution over the whole
+  input): a window beat carries ``simd`` input channels of one tap; each cycle ``pe x simd``
+  products are added into ``pe`` accumulators (``pe`` output channels). A window of
+  ``kh * kw * C_in / simd`` beats is one *fold*; a pixel takes ``C_out / pe`` folds.
+* ``"depthwise"``: a window beat carries ``lanes`` channels of one tap; output channel ``o``
+  reads input channel ``o // multiplier``, so ``pe = lanes * multiplier``; a fold is the
+  ``kh * kw`` taps of one channel group; a pixel takes ``C / lanes`` folds.
+
+Pipeline: the accepted beat and its weight-ROM word (read in step) meet one cycle later; the
+products are registered; the next cycle adds them into the accumulators. At a fold's end the
+accumulators are copied to a *shadow* register that the requantizer drains, ``ol`` channels
+per cycle (bias, shift with round half up, clamp), as output beats of ``ol`` lanes. The stage
+accepts a fold-ending beat only when the shadow is free and no other fold end is in flight,
+so nothing is ever dropped.
+
+Cycle model: a fold costs ``max(beats, pe / ol + FOLD_DRAIN)`` cycles when the neighbours keep
+up (`expected_cycles`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accelgen.cores.requant import requantize, select_width
+from accelgen.cores.streams import Format
+from accelgen.errors import ShapeError
+from accelgen.memory.linebuffer import window_layout
+
+FOLD_DRAIN = 3  # cycles between a fold's last beat entering and its shadow being loaded
+
+
+@dataclass(frozen=True)
+class Requant:
+    """Per-output-channel requantization: bias (accumulator scale), shift, clamp."""
+
+    bias: np.ndarray
+    shift: tuple[int, ...]
+    lo: int
+    hi: int
+
+    @property
+    def shifts(self) -> list[int]:
+        return sorted(set(self.shift))
+
+    def select(self) -> list[int]:
+        index = {s: k for k, s in enumerate(self.shifts)}
+        return [index[s] for s in self.shift]
+
+
+def sum_bits(weight: np.ndarray, fmt: Format) -> int:
+    """Two's complement width of every possible ``sum(x * w)`` of one output (no bias)."""
+    qmin = -(1 << (fmt.bits - 1)) if fmt.signed else 0
+    qmax = (1 << (fmt.bits - 1)) - 1 if fmt.signed else (1 << fmt.bits) - 1
+    w = weight.reshape(weight.shape[0], -1)
+    hi = int(np.where(w > 0, w * qmax, w * qmin).sum(axis=1).max(initial=0))
+    lo = int(np.where(w > 0, w * qmin, w * qmax).sum(axis=1).min(initial=0))
+    return max(2, max(hi.bit_length(), (-lo - 1).bit_length()) + 1)
+
+
+class ConvStage(wiring.Component):
+    """Multiply-accumulate + requantize (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        in_fmt: Format,
+        out_fmt: Format,
+        weight: np.ndarray,
+        w_bits: int,
+        acc_bits: int,
+        requant: Requant,
+        pe: int,
+        folds_per_pixel: int,
+        pixels: int,
+    ) -> None:
+        if mode not in ("dense", "depthwise"):
+            raise ShapeError(f"MAC stage mode {mode!r}")
+        self.mode = mode
+        self.in_fmt, self.out_fmt = in_fmt, out_fmt
+        self.w_bits = w_bits
+        self.requant = requant
+        self.pe = pe
+        self.simd = in_fmt.lanes
+        self.ol = out_fmt.lanes
+        self.pixels = pixels
+        self.folds_per_pixel = folds_per_pixel
+        c_out = weight.shape[0]
+        if pe < 1 or c_out % pe:
+            raise ShapeError(f"pe={pe!r} must divide the {c_out} output channels")
+        if self.ol < 1 or pe % self.ol:
+            raise ShapeError(f"{self.ol!r} output lanes must divide pe={pe}")
+        if mode == "depthwise":
+            if pe % in_fmt.lanes:
+                raise ShapeError(
+                    f"depthwise pe={pe} must be a multiple of the {in_fmt.lanes} input lanes"
+                )
+            self.multiplier = pe // in_fmt.lanes
+            if weight.shape[3] != 1 or c_out != in_fmt.channels * self.multiplier:
+                raise ShapeError(f"depthwise weight {weight.shape} for {in_fmt.channels} "
+                                 f"channels x {self.multiplier}")
+            if folds_per_pixel != in_fmt.channels // in_fmt.lanes:
+                raise ShapeError("depthwise folds per pixel must be C / lanes")
+        else:
+            if weight.shape[3] != in_fmt.channels:
+                raise ShapeError(f"weight {weight.shape} does not match {in_fmt.channels} "
+                                 f"input channels")
+            if folds_per_pixel != c_out // pe:
+                raise ShapeError("dense folds per pixel must be C_out / pe")
+        self.c_out = c_out
+        self.kh, self.kw = int(weight.shape[1]), int(weight.shape[2])
+        self.rom = self._rom_words(np.asarray(weight, np.int64))
+        # the accumulators hold sum(x * w) without the bias (added when requantizing): their
+        # width is the proved range of that sum (partial sums lie inside it too)
+        self.sum_bits = sum_bits(np.asarray(weight, np.int64), in_fmt)
+        self.acc_bits = acc_bits  # the shape description's width, bias included
+        super().__init__({
+            "i": In(stream.Signature(window_layout(in_fmt))),
+            "o": Out(out_fmt.signature),
+        })
+
+    # -- layout of the weight ROM: one word per accepted beat, in stream order ----------------
+    def _rom_words(self, w: np.ndarray) -> list[list[int]]:
+        words = []
+        if self.mode == "dense":
+            s = self.simd
+            for nf in range(self.c_out // self.pe):
+                for ky in range(self.kh):
+                    for kx in range(self.kw):
+                        for cf in range(self.in_fmt.channels // s):
+                            block = w[nf * self.pe : (nf + 1) * self.pe, ky, kx,
+                                      cf * s : (cf + 1) * s]
+                            words.append([int(v) for v in block.reshape(-1)])  # [pe][simd]
+        else:
+            for cf in range(self.in_fmt.channels // self.in_fmt.lanes):
+                for ky in range(self.kh):
+                    for kx in range(self.kw):
+                        block = w[cf * self.pe : (cf + 1) * self.pe, ky, kx, 0]
+                        words.append([int(v) for v in block])
+        return words
+
+    # -- models --------------------------------------------------------------------------------
+    @property
+    def beats_per_fold(self) -> int:
+        if self.mode == "dense":
+            return self.kh * self.kw * self.in_fmt.channels // self.simd
+        return self.kh * self.kw
+
+    @property
+    def multipliers(self) -> int:
+        return self.pe * self.simd if self.mode == "dense" else self.pe
+
+    def fold_cycles(self) -> int:
+        return max(self.beats_per_fold, self.pe // self.ol + FOLD_DRAIN)
+
+    def expected_cycles(self) -> int:
+        return self.pixels * self.folds_per_pixel * self.fold_cycles()
+
+    def macs(self) -> int:
+        return self.pixels * self.folds_per_pixel * self.beats_per_fold * self.multipliers
+
+    # -- hardware ------------------------------------------------------------------------------
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        pe, simd, ol = self.pe, self.simd, self.ol
+        n_products = pe * simd if self.mode == "dense" else pe
+        wshape = signed(self.w_bits)
+        acc_shape = signed(self.sum_bits)
+
+        m.submodules.weights = rom = Memory(
+            shape=data.ArrayLayout(wshape, n_products), depth=len(self.rom), init=self.rom)
+        wport = rom.read_port()
+        waddr = Signal(range(len(self.rom)))
+
+        beat = self.i.payload
+        # stage A -> B: the accepted beat, registered; the ROM reads in step
+        a_valid = Signal()
+        a_x = Signal(data.ArrayLayout(self.in_fmt.shape, self.in_fmt.lanes))
+        a_first, a_end, a_last = Signal(), Signal(), Signal()
+        # stage B -> C: products
+        b_valid = Signal()
+        b_prod = Signal(data.ArrayLayout(signed(self.w_bits + self.in_fmt.bits + 1), n_products))
+        b_first, b_end, b_last = Signal(), Signal(), Signal()
+
+        acc = Signal(data.ArrayLayout(acc_shape, pe))
+        shadow = Signal(data.ArrayLayout(acc_shape, pe))
+        shadow_full = Signal()
+        shadow_last = Signal()
+        shadow_fold = Signal(range(self.folds_per_pixel))
+        fold = Signal(range(self.folds_per_pixel))
+
+        end_in_flight = (a_valid & a_end) | (b_valid & b_end)
+        accept_end = ~shadow_full & ~end_in_flight
+        m.d.comb += self.i.ready.eq(~beat.end | accept_end)
+        take = Signal()
+        m.d.comb += take.eq(self.i.valid & self.i.ready)
+        m.d.comb += wport.addr.eq(waddr)
+        with m.If(take):
+            m.d.sync += waddr.eq(Mux(waddr == len(self.rom) - 1, 0, waddr + 1))
+        m.d.sync += [a_valid.eq(take)]
+        with m.If(take):
+            m.d.sync += [a_x.eq(beat.data), a_first.eq(beat.first), a_end.eq(beat.end),
+                         a_last.eq(beat.last)]
+
+        # products (stage A registered inputs + ROM word) -> stage B registers
+        m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_end.eq(a_end),
+                     b_last.eq(a_last)]
+        w = wport.data
+        for p in range(pe):
+            if self.mode == "dense":
+                for s in range(simd):
+                    m.d.sync += b_prod[p * simd + s].eq(a_x[s] * w[p * simd + s])
+            else:
+                m.d.sync += b_prod[p].eq(a_x[p // self.multiplier] * w[p])
+
+        # accumulate (stage C)
+        for p in range(pe):
+            if self.mode == "dense":
+                total = b_prod[p * simd]
+                for s in range(1, simd):
+                    total = total + b_prod[p * simd + s]
+            else:
+                total = b_prod[p]
+            nxt = Signal(acc_shape, name=f"acc_next{p}")
+            m.d.comb += nxt.eq(Mux(b_first, 0, acc[p]) + total)
+            with m.If(b_valid):
+                m.d.sync += acc[p].eq(nxt)
+                with m.If(b_end):
+                    m.d.sync += shadow[p].eq(nxt)
+        with m.If(b_valid & b_end):
+            m.d.sync += [shadow_full.eq(1), shadow_last.eq(b_last), shadow_fold.eq(fold),
+                         fold.eq(Mux(fold == self.folds_per_pixel - 1, 0, fold + 1))]
+
+        # requantize: drain the shadow, ol lanes per output beat
+        steps = pe // ol
+        rq = self.requant
+        sel_bits = select_width(rq.shifts)
+        bias_bits = int(max(abs(int(b)) for b in rq.bias)).bit_length() + 1
+        group_layout = data.ArrayLayout(
+            data.StructLayout({"bias": signed(bias_bits), "sel": sel_bits}), ol)
+        selects = rq.select()
+        groups = [
+            [{"bias": int(rq.bias[g * ol + k]), "sel": selects[g * ol + k]} for k in range(ol)]
+            for g in range(self.c_out // ol)
+        ]
+        m.submodules.params = params = Memory(shape=group_layout, depth=len(groups), init=groups)
+        pport = params.read_port(domain="comb")
+        step = Signal(range(steps))
+        group = Signal(range(len(groups)))
+        m.d.comb += group.eq(shadow_fold * steps + step)
+        m.d.comb += pport.addr.eq(group)
+        out = self.o.payload
+        for k in range(ol):
+            lane_acc = Signal(acc_shape, name=f"lane{k}")
+            m.d.comb += lane_acc.eq(shadow[k])
+            for j in range(1, steps):
+                with m.If(step == j):
+                    m.d.comb += lane_acc.eq(shadow[j * ol + k])
+            entry = pport.data[k]
+            value = requantize(lane_acc + entry.bias, rq.shifts, entry.sel if len(rq.shifts) > 1
+                               else None, rq.lo, rq.hi, self.out_fmt.shape)
+            m.d.comb += out.data[k].eq(value)
+        m.d.comb += [
+            out.last.eq(shadow_last & (step == steps - 1)),
+            self.o.valid.eq(shadow_full),
+        ]
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(step == steps - 1):
+                m.d.sync += [step.eq(0), shadow_full.eq(0)]
+            with m.Else():
+                m.d.sync += step.eq(step + 1)
+        return m

@@ -1,0 +1,111 @@
+"""Whole layers as pipeline stages: a line buffer feeding a datapath.
+
+`ConvLayer` builds a `QConv` (full, pointwise or depthwise) or a `QDense` (a convolution whose
+kernel is the whole input) from a `SlidingWindow` and a `ConvStage`, with the parallelism the
+scheduler chose: ``pe`` output channels and ``simd`` input channels per cycle (dense), or ``pe``
+channels per cycle (depthwise), and ``ol`` output lanes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from accelgen.cores.conv import ConvStage, Requant
+from accelgen.cores.streams import Format
+from accelgen.errors import ShapeError
+from accelgen.memory.linebuffer import SlidingWindow, WindowGeometry
+from accelgen.quantized import QConv, QDense, QTensor
+
+
+def fmt_of(t: QTensor, lanes: int) -> Format:
+    h, w, c = t.shape
+    return Format(h, w, c, t.bits, t.signed, lanes)
+
+
+def conv_geometry(layer: QConv | QDense, x: QTensor, lanes: int) -> WindowGeometry:
+    fmt = fmt_of(x, lanes)
+    if isinstance(layer, QDense):
+        return WindowGeometry(fmt, (fmt.height, fmt.width), (1, 1), (0, 0, 0, 0))
+    if layer.dilation != (1, 1):
+        raise ShapeError(f"{layer.name!r}: dilated convolutions are not supported by the pipeline")
+    return WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding)
+
+
+def conv_weight(layer: QConv | QDense, x: QTensor) -> np.ndarray:
+    """(C_out, kh, kw, C_in/groups) integer weights; a dense layer's kernel is its input."""
+    if isinstance(layer, QDense):
+        h, w, c = x.shape
+        return layer.weight.reshape(layer.weight.shape[0], h, w, c)
+    return layer.weight
+
+
+def conv_mode(layer: QConv | QDense, x: QTensor) -> str:
+    if isinstance(layer, QConv) and layer.groups > 1:
+        if layer.groups != x.shape[2] or layer.weight.shape[3] != 1:
+            raise ShapeError(
+                f"{layer.name!r}: grouped convolution with {layer.groups} groups is not "
+                f"supported by the pipeline (only depthwise, groups = channels)"
+            )
+        return "depthwise"
+    return "dense"
+
+
+class ConvLayer(wiring.Component):
+    """Line buffer + MAC/requantize for one convolution or dense layer."""
+
+    def __init__(self, layer: QConv | QDense, x: QTensor, y: QTensor, *, pe: int, simd: int,
+                 ol: int) -> None:
+        self.layer = layer
+        self.mode = conv_mode(layer, x)
+        if self.mode == "depthwise":
+            multiplier = layer.weight.shape[0] // x.shape[2]
+            if pe % multiplier:
+                raise ShapeError(f"{layer.name!r}: depthwise pe={pe} must be a multiple of the "
+                                 f"depth multiplier {multiplier}")
+            lanes = pe // multiplier
+        else:
+            lanes = simd
+        if x.shape[2] % lanes:
+            raise ShapeError(f"{layer.name!r}: {lanes} input lanes do not divide {x.shape[2]} "
+                             f"channels")
+        self.geometry = conv_geometry(layer, x, lanes)
+        self.in_fmt = self.geometry.fmt
+        self.out_fmt = fmt_of(y, ol)
+        c_out = layer.weight.shape[0]
+        oh, ow = self.geometry.out_hw
+        if (oh, ow) != y.shape[:2]:
+            raise ShapeError(f"{layer.name!r}: window gives {oh}x{ow}, tensor is {y.shape}")
+        folds = c_out // pe if self.mode == "dense" else x.shape[2] // lanes
+        self.window = SlidingWindow(
+            self.geometry, order="dense" if self.mode == "dense" else "channel",
+            repeats=folds if self.mode == "dense" else 1,
+        )
+        self.mac = ConvStage(
+            mode=self.mode, in_fmt=self.in_fmt, out_fmt=self.out_fmt,
+            weight=conv_weight(layer, x), w_bits=layer.w_bits, acc_bits=layer.acc_bits,
+            requant=Requant(layer.bias, layer.shift, layer.lo, layer.hi), pe=pe,
+            folds_per_pixel=folds, pixels=oh * ow,
+        )
+        super().__init__({"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)})
+
+    def expected_cycles(self) -> float:
+        """Steady-state cycles per image: the window's row protocol, each output position
+        taking as long as its MAC folds."""
+        mac = self.mac
+        return self.window.expected_cycles(mac.folds_per_pixel * mac.fold_cycles())
+
+    @property
+    def multipliers(self) -> int:
+        return self.mac.multipliers
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.window = self.window
+        m.submodules.mac = self.mac
+        wiring.connect(m, wiring.flipped(self.i), self.window.i)
+        wiring.connect(m, self.window.o, self.mac.i)
+        wiring.connect(m, self.mac.o, wiring.flipped(self.o))
+        return m

@@ -1,0 +1,1 @@
+"""Memories of the hardware templates: the sliding-window line buffer and weight ROMs."""
