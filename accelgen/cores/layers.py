@@ -14,10 +14,11 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from accelgen.cores.conv import ConvStage, Requant
+from accelgen.cores.pool import WindowPoolStage
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import SlidingWindow, WindowGeometry
-from accelgen.quantized import QConv, QDense, QTensor
+from accelgen.quantized import QAvgPool, QConv, QDense, QMaxPool, QTensor
 
 
 def fmt_of(t: QTensor, lanes: int) -> Format:
@@ -108,4 +109,40 @@ class ConvLayer(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), self.window.i)
         wiring.connect(m, self.window.o, self.mac.i)
         wiring.connect(m, self.mac.o, wiring.flipped(self.o))
+        return m
+
+
+class PoolLayer(wiring.Component):
+    """Line buffer + max/average datapath for one windowed `QMaxPool` / `QAvgPool`."""
+
+    def __init__(self, layer: QMaxPool | QAvgPool, x: QTensor, y: QTensor, *, lanes: int) -> None:
+        if layer.dilation != (1, 1):
+            raise ShapeError(f"{layer.name!r}: dilated pooling is not supported by the pipeline")
+        self.layer = layer
+        self.in_fmt = fmt_of(x, lanes)
+        self.geometry = WindowGeometry(self.in_fmt, layer.kernel, layer.stride, layer.padding,
+                                       layer.ceil_mode)
+        if self.geometry.out_hw != y.shape[:2]:
+            raise ShapeError(f"{layer.name!r}: window gives {self.geometry.out_hw}, tensor is "
+                             f"{y.shape}")
+        self.window = SlidingWindow(self.geometry, order="channel")
+        self.pool = WindowPoolStage(
+            mode="max" if isinstance(layer, QMaxPool) else "avg", fmt=self.in_fmt,
+            hw=x.shape[:2], out_hw=y.shape[:2], kernel=layer.kernel, stride=layer.stride,
+            padding=layer.padding,
+            count_include_pad=getattr(layer, "count_include_pad", False),
+        )
+        self.out_fmt = self.pool.out_fmt
+        super().__init__({"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)})
+
+    def expected_cycles(self) -> float:
+        return self.window.expected_cycles()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        m.submodules.window = self.window
+        m.submodules.pool = self.pool
+        wiring.connect(m, wiring.flipped(self.i), self.window.i)
+        wiring.connect(m, self.window.o, self.pool.i)
+        wiring.connect(m, self.pool.o, wiring.flipped(self.o))
         return m

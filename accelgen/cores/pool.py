@@ -267,12 +267,23 @@ class ClampStage(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready),
-                     self.o.payload.last.eq(self.i.payload.last)]
-        for lane in range(self.fmt.lanes):
-            m.d.comb += self.o.payload.data[lane].eq(requantize(
-                self.i.payload.data[lane], [self.shift], None, self.lo, self.hi,
-                self.out_fmt.shape))
+        full = Signal()
+        reg = Signal(self.out_fmt.payload)
+        take = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~full | self.o.ready),
+            take.eq(self.i.valid & self.i.ready),
+            self.o.valid.eq(full),
+            self.o.payload.eq(reg),
+        ]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += full.eq(0)
+        with m.If(take):
+            m.d.sync += [full.eq(1), reg.last.eq(self.i.payload.last)]
+            for lane in range(self.fmt.lanes):
+                m.d.sync += reg.data[lane].eq(requantize(
+                    self.i.payload.data[lane], [self.shift], None, self.lo, self.hi,
+                    self.out_fmt.shape))
         return m
 
 

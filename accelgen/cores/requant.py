@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Mux, Shape, Value, signed
+from amaranth import Cat, Const, Mux, Shape, Value, signed
 
 
 def shift_round(v: Value, s: int) -> Value:
@@ -30,7 +30,8 @@ def clamp(v: Value, lo: int, hi: int) -> Value:
 def requantize(v: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,
                out_shape: Shape) -> Value:
     """Requantize signed `v` by ``shifts[select]`` (or the only shift), clamp to [lo, hi]."""
-    v = v.as_signed() if not v.shape().signed else v
+    if not v.shape().signed:
+        v = Cat(v, Const(0, 1)).as_signed()  # zero-extend, then read as signed
     candidates = [shift_round(v, s) for s in shifts]
     value = candidates[0]
     if len(candidates) > 1:
