@@ -27,11 +27,17 @@ def fmt_of(t: QTensor, lanes: int) -> Format:
 
 
 def conv_geometry(layer: QConv | QDense, x: QTensor, lanes: int) -> WindowGeometry:
+    """The window a layer reads. A pointwise convolution (1x1, stride 1, no padding) reads the
+    image as H*W rows of one pixel — the same raster order — so its line buffer holds two
+    pixels instead of two rows."""
     fmt = fmt_of(x, lanes)
     if isinstance(layer, QDense):
         return WindowGeometry(fmt, (fmt.height, fmt.width), (1, 1), (0, 0, 0, 0))
     if layer.dilation != (1, 1):
         raise ShapeError(f"{layer.name!r}: dilated convolutions are not supported by the pipeline")
+    if layer.kernel == (1, 1) and layer.stride == (1, 1) and not any(layer.padding):
+        flat = Format(fmt.height * fmt.width, 1, fmt.channels, fmt.bits, fmt.signed, lanes)
+        return WindowGeometry(flat, (1, 1), (1, 1), (0, 0, 0, 0))
     return WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding)
 
 
@@ -73,11 +79,11 @@ class ConvLayer(wiring.Component):
             raise ShapeError(f"{layer.name!r}: {lanes} input lanes do not divide {x.shape[2]} "
                              f"channels")
         self.geometry = conv_geometry(layer, x, lanes)
-        self.in_fmt = self.geometry.fmt
+        self.in_fmt = fmt_of(x, lanes)
         self.out_fmt = fmt_of(y, ol)
         c_out = layer.weight.shape[0]
         oh, ow = self.geometry.out_hw
-        if (oh, ow) != y.shape[:2]:
+        if oh * ow != y.shape[0] * y.shape[1]:
             raise ShapeError(f"{layer.name!r}: window gives {oh}x{ow}, tensor is {y.shape}")
         folds = c_out // pe if self.mode == "dense" else x.shape[2] // lanes
         self.window = SlidingWindow(

@@ -83,7 +83,9 @@ class WindowGeometry:
         window that spans the whole image height (a dense layer) is double-buffered."""
         if self.out_hw[0] == 1:
             return 2 * self.kernel[0]
-        return self.kernel[0] + self.stride[0]
+        if self.fmt.width == 1:  # one-pixel rows (a pointwise layer): room to absorb bursts
+            return self.kernel[0] + self.stride[0] + 2
+        return self.kernel[0] + 2 * self.stride[0]
 
     def row_needs(self) -> list[tuple[int, int]]:
         """Per output row: (input rows that must be written, rows still needed afterwards)."""
@@ -96,10 +98,19 @@ class WindowGeometry:
             out.append((need, keep_from))
         return out
 
+    def row_read_cycles(self, pixel_cycles: float | None = None, repeats: int = 1) -> float:
+        """Cycles the reader spends on one output row: a beat per cycle plus `ROW_OVERHEAD`,
+        or the consumer's `pixel_cycles` per position when that is slower (the reader's FIFO
+        hides its row overhead then)."""
+        ow = self.out_hw[1]
+        beats = ow * repeats * self.taps * self.fmt.beats_per_pixel
+        read = beats + ROW_OVERHEAD
+        return read if pixel_cycles is None else max(read, ow * pixel_cycles)
+
     def steady_cycles(self, row_read: float, row_write: float, images: int = 4) -> float:
         """Steady-state cycles per image of the row protocol (an event model, exact at row
-        granularity): the reader spends `row_read` cycles per output row (+ `ROW_OVERHEAD`),
-        the writer `row_write` per input row."""
+        granularity): the reader spends `row_read` cycles per output row, the writer
+        `row_write` per input row."""
         h, r = self.fmt.height, self.ring_rows
         needs = self.row_needs()
         write_end: list[float] = []  # completion time of each global input row
@@ -123,7 +134,7 @@ class WindowGeometry:
             for oy, (need, keep_from) in enumerate(needs):
                 write_until(img * h + need)
                 ready = write_end[img * h + need - 1] if need else 0.0
-                reader = max(reader, ready) + ROW_OVERHEAD + row_read
+                reader = max(reader, ready) + row_read
                 releases.append((reader, img * h + keep_from))
                 if oy == len(needs) - 1:
                     image_end.append(reader)
@@ -170,11 +181,7 @@ class SlidingWindow(wiring.Component):
         consumer taking one window beat per cycle (or spending `pixel_cycles` per output
         position, if slower)."""
         g = self.geometry
-        oh, ow = g.out_hw
-        per_pixel = self.beats_per_image() / (oh * ow)
-        if pixel_cycles is not None:
-            per_pixel = max(per_pixel, pixel_cycles)
-        return g.steady_cycles(ow * per_pixel, g.row_words)
+        return g.steady_cycles(g.row_read_cycles(pixel_cycles, self.repeats), g.row_words)
 
     def memory_bits(self) -> int:
         g = self.geometry

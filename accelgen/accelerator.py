@@ -1,0 +1,191 @@
+"""The whole network as one Amaranth component, built from a `HardwarePlan`.
+
+Ports:
+
+* ``i``: the input image as pixel beats (``plan.input_lanes`` codes per beat, the host having
+  quantized the real input into the input tensor's format);
+* ``o``: the logits as pixel beats (the last layer's output lanes);
+* ``cls``: the index of the largest logit, one beat per image;
+* ``latency``: cycles from the first input beat of the last image to its last logit beat (taken
+  while no other image is in flight: the hardware counter the host link reads), and
+  ``images``: images completed.
+
+Every tensor edge connects its producer to each consumer through, as needed, a `Broadcast` (a
+tensor read by several layers), a FIFO (`EDGE_FIFO_DEPTH` beats, or deeper where the plan says:
+a residual skip path must hold everything the other branch reads before it produces), and
+`WidthConverter` stages where the producer's output lanes differ from the consumer's input
+lanes. The small FIFO on every edge lets each stage run at its own rate, so the pipeline's
+interval is its slowest stage's (the cycle model).
+"""
+
+from __future__ import annotations
+
+import math
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from accelgen.cores.layers import ConvLayer, PoolLayer, fmt_of
+from accelgen.cores.pool import AddStage, ArgMax, ClampStage, GlobalPoolStage
+from accelgen.cores.streams import Broadcast, StreamFifo, WidthConverter
+from accelgen.errors import UnsupportedError
+from accelgen.quantized import (
+    QAdd,
+    QAvgPool,
+    QClamp,
+    QConv,
+    QDense,
+    QGlobalAvgPool,
+    QGlobalMaxPool,
+    QLayer,
+    QMaxPool,
+    QuantizedGraph,
+)
+from accelgen.scheduler.plan import HardwarePlan, StagePlan
+
+EDGE_FIFO_DEPTH = 4
+
+
+def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan) -> wiring.Component:
+    """The component for one layer, with the plan's parallelism."""
+    t = qg.tensors
+    if isinstance(layer, (QConv, QDense)):
+        return ConvLayer(layer, t[layer.inputs[0]], t[layer.output], pe=sp.pe, simd=sp.simd,
+                         ol=sp.lanes_out)
+    if isinstance(layer, (QMaxPool, QAvgPool)):
+        return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in)
+    if isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
+        mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
+        return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in))
+    if isinstance(layer, QAdd):
+        a, b = (fmt_of(t[n], sp.lanes_in) for n in layer.inputs)
+        return AddStage(a=a, b=b, out=fmt_of(t[layer.output], sp.lanes_out), align=layer.align,
+                        shift=layer.shift, lo=layer.lo, hi=layer.hi)
+    if isinstance(layer, QClamp):
+        return ClampStage(fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in),
+                          out=fmt_of(t[layer.output], sp.lanes_out), shift=layer.shift,
+                          lo=layer.lo, hi=layer.hi)
+    raise UnsupportedError(
+        f"{layer.op} {layer.name!r} has no stage in the streaming pipeline template"
+    )
+
+
+def input_ports(comp: wiring.Component) -> list:
+    """The stream inputs of a stage, in the order of its layer's inputs."""
+    if isinstance(comp, AddStage):
+        return [comp.a, comp.b]
+    return [comp.i]
+
+
+def converter_chain(shape, lanes_in: int, lanes_out: int) -> list[WidthConverter]:
+    if lanes_in == lanes_out:
+        return []
+    if lanes_in % lanes_out == 0 or lanes_out % lanes_in == 0:
+        return [WidthConverter(shape, lanes_in, lanes_out)]
+    g = math.gcd(lanes_in, lanes_out)
+    return [WidthConverter(shape, lanes_in, g), WidthConverter(shape, g, lanes_out)]
+
+
+class Accelerator(wiring.Component):
+    """The network from a plan (see the module docstring)."""
+
+    def __init__(self, plan: HardwarePlan) -> None:
+        self.plan = plan
+        qg = plan.qgraph
+        if len(qg.inputs) != 1 or len(qg.outputs) != 1:
+            raise UnsupportedError("the pipeline takes models with one input and one output")
+        self.in_tensor = qg.tensors[qg.inputs[0].tensor]
+        self.out_tensor = qg.tensors[qg.outputs[0].tensor]
+        self.in_fmt = fmt_of(self.in_tensor, plan.input_lanes)
+        last = plan.stage(qg.producer(self.out_tensor.name).name)
+        self.out_fmt = fmt_of(self.out_tensor, last.lanes_out)
+        self.stages = {la.name: build_stage(la, qg, plan.stage(la.name)) for la in qg.layers}
+        self.argmax = ArgMax(self.out_fmt)
+        cls_bits = max(1, (self.argmax.classes - 1).bit_length())
+        super().__init__({
+            "i": In(self.in_fmt.signature),
+            "o": Out(self.out_fmt.signature),
+            "cls": Out(stream.Signature(unsigned(cls_bits))),
+            "latency": Out(32),
+            "images": Out(32),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        qg = self.plan.qgraph
+        for k, (name, comp) in enumerate(self.stages.items()):
+            m.submodules[f"s{k}_{_ident(name)[-24:]}"] = comp
+        m.submodules.argmax = self.argmax
+
+        # producer stream and lanes of every tensor
+        sources: dict[str, tuple[object, int]] = {
+            self.in_tensor.name: (wiring.flipped(self.i), self.plan.input_lanes)
+        }
+        for layer in qg.layers:
+            sp = self.plan.stage(layer.name)
+            sources[layer.output] = (self.stages[layer.name].o, sp.lanes_out)
+        consumers: dict[str, list[tuple[str, int]]] = {}
+        for layer in qg.layers:
+            for k, t in enumerate(layer.inputs):
+                consumers.setdefault(t, []).append((layer.name, k))
+        consumers.setdefault(self.out_tensor.name, []).append(("<argmax>", 0))
+
+        for tensor, users in consumers.items():
+            src, lanes = sources[tensor]
+            shape = fmt_of(qg.tensors[tensor], lanes).shape
+            if len(users) > 1:
+                fan = Broadcast(fmt_of(qg.tensors[tensor], lanes).payload, len(users))
+                m.submodules[f"fanout_{_ident(tensor)}"] = fan
+                wiring.connect(m, src, fan.i)
+                branches = list(fan.o)
+            else:
+                branches = [src]
+            for (user, k), branch in zip(users, branches, strict=True):
+                if user == "<argmax>":
+                    dst, want = self.argmax.i, self.out_fmt.lanes
+                else:
+                    dst = input_ports(self.stages[user])[k]
+                    want = self.plan.stage(user).lanes_in
+                stream_ = branch
+                # every edge gets at least a small FIFO: stages with bursty outputs (a fold's
+                # drain, a row's end) would otherwise stall their neighbours in lockstep
+                depth = max(EDGE_FIFO_DEPTH, self.plan.fifo_depths.get((tensor, user), 0))
+                if depth:
+                    fifo = StreamFifo(fmt_of(qg.tensors[tensor], lanes).payload, depth)
+                    m.submodules[f"fifo_{_ident(tensor)}_{_ident(user)}"] = fifo
+                    wiring.connect(m, stream_, fifo.i)
+                    stream_ = fifo.o
+                for j, conv in enumerate(converter_chain(shape, lanes, want)):
+                    m.submodules[f"width_{_ident(tensor)}_{_ident(user)}_{j}"] = conv
+                    wiring.connect(m, stream_, conv.i)
+                    stream_ = conv.o
+                wiring.connect(m, stream_, dst)
+        wiring.connect(m, self.argmax.o, wiring.flipped(self.o))
+        wiring.connect(m, self.argmax.cls, wiring.flipped(self.cls))
+
+        # hardware counters: latency of the last image processed alone, images completed
+        in_flight = Signal(8)
+        clock = Signal(32)
+        started = Signal(32)
+        first_beat = Signal(init=1)
+        m.d.sync += clock.eq(clock + 1)
+        took_in = self.i.valid & self.i.ready
+        done = self.o.valid & self.o.ready & self.o.payload.last
+        with m.If(took_in):
+            m.d.sync += first_beat.eq(self.i.payload.last)
+            with m.If(first_beat & (in_flight == 0)):
+                m.d.sync += started.eq(clock)
+        started_now = took_in & first_beat
+        with m.If(started_now & ~done):
+            m.d.sync += in_flight.eq(in_flight + 1)
+        with m.Elif(done & ~started_now):
+            m.d.sync += in_flight.eq(in_flight - 1)
+        with m.If(done):
+            m.d.sync += [self.latency.eq(clock - started + 1), self.images.eq(self.images + 1)]
+        return m
+
+
+def _ident(name: str) -> str:
+    out = "".join(c if c.isalnum() else "_" for c in name)
+    return out[-40:] if len(out) > 40 else out

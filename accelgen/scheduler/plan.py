@@ -1,0 +1,151 @@
+"""The hardware plan: what the scheduler decided, as typed values the accelerator builder reads.
+
+A `HardwarePlan` names, for every layer of a `QuantizedGraph`, the stage that implements it
+(`StagePlan`: parallelism, lanes in and out, where its weights live, its cycle and resource
+estimates), the depth of every FIFO that decouples a fan-out (residual skip paths), and the
+totals: initiation interval (cycles per image in steady state), latency, FPS at the planned
+clock, resources against the device's budget, and the multiply-accumulate utilisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from accelgen.devices import Device
+from accelgen.quantized import QuantizedGraph
+
+RESOURCE_KINDS = ("lut", "ff", "bram", "spram", "dsp")
+
+
+@dataclass(frozen=True)
+class Resources:
+    lut: float = 0.0
+    ff: float = 0.0
+    bram: int = 0
+    spram: int = 0
+    dsp: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.lut + other.lut, self.ff + other.ff, self.bram + other.bram,
+                         self.spram + other.spram, self.dsp + other.dsp)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in RESOURCE_KINDS}
+
+    @staticmethod
+    def budget(device: Device) -> Resources:
+        return Resources(device.luts, device.ffs, device.bram_blocks, device.spram_blocks,
+                         device.dsp_blocks)
+
+    def over(self, budget: Resources) -> list[str]:
+        return [k for k in RESOURCE_KINDS if getattr(self, k) > getattr(budget, k)]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How one layer becomes hardware."""
+
+    layer: str
+    kind: str  # conv, depthwise, dense, maxpool, avgpool, globalavg, globalmax, add, clamp
+    pe: int
+    simd: int
+    lanes_in: int
+    lanes_out: int
+    cycles: float
+    macs: int  # useful multiply-accumulates per image
+    multipliers: int
+    dsp_blocks: int  # DSP blocks its multipliers use (the rest are LUT multipliers)
+    weight_memory: str  # "none", "lut", "bram", "spram"
+    resources: Resources
+
+    def describe(self) -> str:
+        if self.kind in ("conv", "dense"):
+            return f"pe {self.pe} x simd {self.simd}"
+        if self.kind == "depthwise":
+            return f"pe {self.pe}"
+        return f"{self.lanes_in} lanes"
+
+
+@dataclass(frozen=True, eq=False)
+class HardwarePlan:
+    qgraph: QuantizedGraph
+    device: Device
+    clock_mhz: float
+    stages: tuple[StagePlan, ...]
+    input_lanes: int
+    fifo_depths: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """Depth of the FIFO from a fanned-out tensor to a consumer: (tensor, consumer layer)."""
+    glue: Resources = Resources()
+    """Width converters, fan-out FIFOs and the output arg-max."""
+
+    def stage(self, layer: str) -> StagePlan:
+        for s in self.stages:
+            if s.layer == layer:
+                return s
+        raise KeyError(layer)
+
+    @property
+    def ii_cycles(self) -> float:
+        """Initiation interval: cycles per image in steady state (the slowest stage)."""
+        return max(s.cycles for s in self.stages)
+
+    @property
+    def bottleneck(self) -> str:
+        return max(self.stages, key=lambda s: s.cycles).layer
+
+    @property
+    def fps(self) -> float:
+        return self.clock_mhz * 1e6 / self.ii_cycles
+
+    @property
+    def resources(self) -> Resources:
+        total = self.glue
+        for s in self.stages:
+            total = total + s.resources
+        return total
+
+    @property
+    def budget(self) -> Resources:
+        return Resources.budget(self.device)
+
+    @property
+    def fits(self) -> bool:
+        return not self.resources.over(self.budget)
+
+    @property
+    def multipliers(self) -> int:
+        return sum(s.multipliers for s in self.stages)
+
+    @property
+    def macs(self) -> int:
+        return sum(s.macs for s in self.stages)
+
+    @property
+    def mac_utilization(self) -> float:
+        """Useful MACs per image / (multipliers x cycles per image)."""
+        return self.macs / (self.multipliers * self.ii_cycles) if self.multipliers else 0.0
+
+    def summary(self) -> dict:
+        used, avail = self.resources, self.budget
+        return {
+            "fits": self.fits,
+            "device": self.device.name,
+            "clock_mhz": self.clock_mhz,
+            "cycles_per_image": round(self.ii_cycles),
+            "fps": self.fps,
+            "mac_utilization": self.mac_utilization,
+            "multipliers": self.multipliers,
+            "macs_per_image": self.macs,
+            "bottleneck": self.bottleneck,
+            "resources": {k: {"used": round(getattr(used, k), 1), "available": getattr(avail, k)}
+                          for k in ("lut", "ff", "bram", "spram", "dsp")},
+            "stages": [
+                {"layer": s.layer, "kind": s.kind, "parallelism": s.describe(), "pe": s.pe,
+                 "simd": s.simd, "lanes_in": s.lanes_in, "lanes_out": s.lanes_out,
+                 "cycles": round(s.cycles), "macs": s.macs, "multipliers": s.multipliers,
+                 "dsp_blocks": s.dsp_blocks, "weights": s.weight_memory,
+                 "resources": {k: round(v, 1) for k, v in s.resources.as_dict().items()}}
+                for s in self.stages
+            ],
+        }

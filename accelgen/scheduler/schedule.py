@@ -1,0 +1,468 @@
+"""The scheduler: QuantizedGraph + device + target -> HardwarePlan (or DoesNotFit).
+
+1. **Options.** Every layer gets its candidate parallelisms — output channels ``pe`` x input
+   channels ``simd`` for full/pointwise convolutions and dense layers, ``pe`` channels for
+   depthwise convolutions, lanes for pools and adds — each with its cycles per image (the same
+   analytic model the stages expose: the line buffer's row protocol, MAC folds, requantizer
+   drain) and its resources (`accelgen.scheduler.resources`).
+2. **Balancing.** FINN-style folding: for a target initiation interval (cycles per image of the
+   slowest stage) each layer takes its cheapest option that meets it; the scheduler searches the
+   smallest interval whose total fits the device (``--fps``: the interval of that rate).
+3. **Placement.** Multipliers go to DSP blocks while there are blocks (the widest first, where a
+   LUT multiplier would cost most) and to LUTs after; memories go to flip-flops when tiny, block
+   RAM otherwise, and on the UP5K the largest weight memories move to SPRAM when block RAM runs
+   out and their bandwidth allows.
+4. **FIFOs.** A tensor read by two branches that meet again (a residual block) gets a FIFO on
+   the branch that needs fewer of its rows before producing output, deep enough for the other
+   branch's head start plus two rows: analytic, so no simulation is needed and no deadlock is
+   possible.
+
+A model that cannot fit even at the least parallelism raises `DoesNotFit` with the per-layer
+needs and what would make it fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+from accelgen.cores.conv import FOLD_DRAIN
+from accelgen.cores.streams import Format
+from accelgen.devices import Device
+from accelgen.errors import AccelgenError, UnsupportedError, UsageError
+from accelgen.memory.linebuffer import OUT_FIFO_DEPTH, ROW_OVERHEAD, WindowGeometry
+from accelgen.quantized import (
+    QAdd,
+    QAvgPool,
+    QClamp,
+    QConv,
+    QDense,
+    QGlobalAvgPool,
+    QGlobalMaxPool,
+    QLayer,
+    QMaxPool,
+    QTensor,
+    QuantizedGraph,
+)
+from accelgen.scheduler import resources as rmodel
+from accelgen.scheduler.plan import HardwarePlan, Resources, StagePlan
+
+
+class DoesNotFit(AccelgenError):
+    """The model cannot fit the device; `table` has the per-layer needs."""
+
+    def __init__(self, message: str, table: list[dict], budget: Resources,
+                 suggestions: list[str]) -> None:
+        super().__init__(message)
+        self.table = table
+        self.budget = budget
+        self.suggestions = suggestions
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One candidate implementation of a layer."""
+
+    pe: int
+    simd: int
+    lanes_in: int
+    lanes_out: int
+    cycles: float
+    macs: int
+    multipliers: int
+    mult_bits: tuple[int, int]  # operand widths of its multipliers
+    weights: rmodel.Memory | None
+    fixed: Resources  # everything but multipliers and the weight memory
+
+
+def _fmt(t: QTensor, lanes: int) -> Format:
+    h, w, c = t.shape
+    return Format(h, w, c, t.bits, t.signed, lanes)
+
+
+def _window_costs(dev: Device, g: WindowGeometry) -> tuple[Resources, rmodel.Memory]:
+    model = rmodel.MODELS[dev.family]
+    ring = rmodel.place(dev, "line buffer", g.words, g.fmt.lanes * g.fmt.bits)
+    lut, ff = rmodel.logic_memory(model, ring)
+    fifo_bits = OUT_FIFO_DEPTH * (g.fmt.lanes * g.fmt.bits + 4)
+    lut += model.window_control_lut + 0.6 * fifo_bits
+    ff += model.window_control_ff + fifo_bits
+    return Resources(lut, ff, ring.blocks if ring.placement == "bram" else 0), ring
+
+
+def _requant_lut(model: rmodel.LogicModel, sum_bits: int, shifts: int, out_bits: int) -> float:
+    return (model.lut_per_adder_bit * sum_bits + model.lut_per_mux_bit * sum_bits * (shifts - 1)
+            + model.lut_per_compare_bit * 2 * sum_bits + out_bits)
+
+
+def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) -> list[Option]:
+    from accelgen.cores.conv import sum_bits as sum_width
+    from accelgen.cores.layers import conv_geometry, conv_mode, conv_weight
+
+    model = rmodel.MODELS[dev.family]
+    mode = conv_mode(layer, x)
+    weight = conv_weight(layer, x)
+    c_out, kh, kw, per_group = weight.shape
+    c_in = x.shape[2]
+    oh, ow = y.shape[:2]
+    n_shifts = len(set(layer.shift))
+    options = []
+    if mode == "depthwise":
+        mult = c_out // c_in
+        choices = [(lanes * mult, lanes) for lanes in divisors(c_in)]
+    else:
+        choices = [(pe, simd) for pe in divisors(c_out) for simd in divisors(c_in)]
+    for pe, simd in choices:
+        lanes = simd
+        fmt = _fmt(x, lanes)
+        g = conv_geometry(layer, x, lanes)
+        if mode == "depthwise":
+            beats_per_fold, folds, products = kh * kw, c_in // lanes, pe
+        else:
+            beats_per_fold, folds, products = kh * kw * c_in // simd, c_out // pe, pe * simd
+        ol = next((o for o in divisors(pe) if pe // o + FOLD_DRAIN <= beats_per_fold), pe)
+        per_pixel = folds * max(beats_per_fold, pe // ol + FOLD_DRAIN)
+        repeats = folds if mode == "dense" else 1
+        cycles = g.steady_cycles(g.row_read_cycles(per_pixel, repeats), g.row_words)
+        macs = oh * ow * c_out * kh * kw * per_group
+        # fixed logic: window, registers, accumulators, requantizer, parameter table
+        res, _ = _window_costs(dev, g)
+        sb = sum_width(weight, fmt)
+        prod_bits = x.bits + layer.w_bits + 1
+        ff = lanes * x.bits + products * prod_bits + 2 * pe * sb + model.stage_control_ff
+        lut = (model.lut_per_adder_bit * pe * (sb + (simd - 1 if mode == "dense" else 0)
+                                               * prod_bits)
+               + ol * _requant_lut(model, sb, n_shifts, y.bits)
+               + model.lut_per_mux_bit * ol * sb * (pe // ol - 1)
+               + (c_out // ol) * ol * (sb + 3) / 16 + model.stage_control_lut)
+        words = len(range(folds * beats_per_fold))
+        weights = rmodel.place(dev, "weights", words, products * layer.w_bits)
+        options.append(Option(pe, simd, lanes, ol, cycles, macs, products,
+                              (x.bits, layer.w_bits), weights, res + Resources(lut, ff)))
+    return options
+
+
+def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option]:
+    model = rmodel.MODELS[dev.family]
+    x = qg.tensors[layer.inputs[0]]
+    y = qg.tensors[layer.output]
+    c = x.shape[2]
+    options = []
+    for lanes in divisors(c):
+        fmt = _fmt(x, lanes)
+        if isinstance(layer, (QMaxPool, QAvgPool)):
+            g = WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, layer.ceil_mode)
+            res, _ = _window_costs(dev, g)
+            cycles = g.steady_cycles(g.row_read_cycles(), g.row_words)
+            per_lane = 3 * x.bits if isinstance(layer, QMaxPool) else 12 * x.bits
+            res = res + Resources(lanes * per_lane, lanes * 2 * x.bits + 20)
+        elif isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
+            cycles = fmt.beats + 2
+            sb = x.bits + math.ceil(math.log2(max(2, x.shape[0] * x.shape[1]))) + 1
+            sums = rmodel.place(dev, "sums", max(2, c // lanes), lanes * sb)
+            lut, ff = rmodel.logic_memory(model, sums)
+            per_lane = sb * (1 if isinstance(layer, QGlobalMaxPool) else 4)
+            res = Resources(lut + lanes * per_lane + 60, ff + lanes * (x.bits + sb) + 40,
+                            sums.blocks if sums.placement == "bram" else 0)
+        elif isinstance(layer, QAdd):
+            cycles = fmt.beats + 1
+            res = Resources(lanes * 5 * y.bits + 20, lanes * y.bits + 10)
+        elif isinstance(layer, QClamp):
+            cycles = fmt.beats + 1
+            res = Resources(lanes * 3 * y.bits + 10, lanes * y.bits + 5)
+        else:
+            raise UnsupportedError(
+                f"{layer.op} {layer.name!r} has no stage in the streaming pipeline template "
+                f"(supported: conv, depthwise, pointwise, dense, pools, residual add, clamp)"
+            )
+        options.append(Option(lanes, 1, lanes, lanes, cycles, 0, 0, (0, 0), None, res))
+    return options
+
+
+def layer_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option]:
+    if isinstance(layer, (QConv, QDense)):
+        return _conv_options(dev, layer, qg.tensors[layer.inputs[0]], qg.tensors[layer.output])
+    return _lane_options(dev, layer, qg)
+
+
+def _kind(layer: QLayer, qg: QuantizedGraph) -> str:
+    from accelgen.cores.layers import conv_mode
+
+    if isinstance(layer, QDense):
+        return "dense"
+    if isinstance(layer, QConv):
+        return "depthwise" if conv_mode(layer, qg.tensors[layer.inputs[0]]) == "depthwise" \
+            else "conv"
+    return {QMaxPool: "maxpool", QAvgPool: "avgpool", QGlobalAvgPool: "globalavg",
+            QGlobalMaxPool: "globalmax", QAdd: "add", QClamp: "clamp"}[type(layer)]
+
+
+# ------------------------------------------------------------------------------------------------
+# placement of multipliers and weight memories for one choice of options
+# ------------------------------------------------------------------------------------------------
+
+
+def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
+              qg: QuantizedGraph) -> list[StagePlan]:
+    model = rmodel.MODELS[dev.family]
+    # multipliers: DSP blocks to the layers whose LUT multipliers would cost most
+    dsp_left = dev.dsp_blocks
+    dsp_blocks = [0] * len(chosen)
+    order = sorted(range(len(chosen)),
+                   key=lambda i: -lut_multiplier_cost(model, chosen[i]) * chosen[i].multipliers)
+    for i in order:
+        opt = chosen[i]
+        per_block = dev.dsp_products(*opt.mult_bits)
+        if not opt.multipliers or not per_block:
+            continue
+        need = math.ceil(opt.multipliers / per_block)
+        take = min(need, dsp_left)
+        dsp_blocks[i] = take
+        dsp_left -= take
+    # weight memories: block RAM, then SPRAM for the largest when block RAM runs out
+    placements = [opt.weights for opt in chosen]
+    bram_used = sum(o.fixed.bram for o in chosen) + sum(
+        m.blocks for m in placements if m is not None and m.placement == "bram")
+    if bram_used > dev.bram_blocks and dev.spram_blocks:
+        spram_left = dev.spram_blocks
+        candidates = sorted((i for i, mem in enumerate(placements)
+                             if mem is not None and mem.placement == "bram"),
+                            key=lambda i: -placements[i].blocks)
+        for i in candidates:
+            mem = placements[i]
+            blocks = rmodel.spram_blocks(mem.depth, mem.width)
+            if blocks <= spram_left and bram_used > dev.bram_blocks:
+                placements[i] = replace(mem, placement="spram", blocks=blocks)
+                spram_left -= blocks
+                bram_used -= mem.blocks
+    stages = []
+    for layer, opt, dsps, mem in zip(layers, chosen, dsp_blocks, placements, strict=True):
+        per_block = dev.dsp_products(*opt.mult_bits) or 1
+        lut_mults = max(0, opt.multipliers - dsps * per_block)
+        res = opt.fixed + Resources(lut=lut_mults * lut_multiplier_cost(model, opt), dsp=dsps)
+        if mem is not None:
+            lut, ff = rmodel.logic_memory(model, mem)
+            res = res + Resources(lut, ff, mem.blocks if mem.placement == "bram" else 0,
+                                  mem.blocks if mem.placement == "spram" else 0)
+        stages.append(StagePlan(
+            layer=layer.name, kind=_kind(layer, qg), pe=opt.pe, simd=opt.simd,
+            lanes_in=opt.lanes_in, lanes_out=opt.lanes_out, cycles=opt.cycles, macs=opt.macs,
+            multipliers=opt.multipliers, dsp_blocks=dsps,
+            weight_memory="none" if mem is None else mem.placement, resources=res,
+        ))
+    return stages
+
+
+def lut_multiplier_cost(model: rmodel.LogicModel, opt: Option) -> float:
+    return rmodel.lut_multiplier(model, *opt.mult_bits) if opt.multipliers else 0.0
+
+
+def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
+          fifo_depths: dict[tuple[str, str], int]) -> Resources:
+    """Width converters, fan-out FIFOs and the arg-max."""
+    model = rmodel.MODELS[dev.family]
+    lanes_out = {s.layer: s.lanes_out for s in stages}
+    by_layer = {s.layer: s for s in stages}
+    total = Resources()
+    for layer in qg.layers:
+        for t in layer.inputs:
+            prod = qg.producer(t)
+            src = lanes_out[prod.name] if prod else by_layer[layer.name].lanes_in
+            dst = by_layer[layer.name].lanes_in
+            if src != dst:
+                bits = qg.tensors[t].bits * max(src, dst)
+                total = total + Resources(bits * 1.2 + 10, bits + 6)
+    from accelgen.accelerator import EDGE_FIFO_DEPTH
+
+    edges = {(t, layer.name): max(EDGE_FIFO_DEPTH, fifo_depths.get((t, layer.name), 0))
+             for layer in qg.layers for t in layer.inputs}
+    out_t = qg.outputs[0].tensor
+    edges[(out_t, "<argmax>")] = EDGE_FIFO_DEPTH
+    for (t, _user), depth in edges.items():
+        lanes = lanes_out.get(qg.producer(t).name, 1) if qg.producer(t) else 1
+        width = lanes * qg.tensors[t].bits + 1
+        mem = rmodel.place(dev, "fifo", depth, width)
+        lut, ff = rmodel.logic_memory(model, mem)
+        total = total + Resources(lut + 30, ff + 2 * width + 20,
+                                  mem.blocks if mem.placement == "bram" else 0)
+    out = qg.tensors[qg.outputs[0].tensor]
+    total = total + Resources(4 * out.bits + 40, 2 * out.bits + 30)  # arg-max
+    total = total + Resources(120, 110)  # hardware counters
+    return total
+
+
+# ------------------------------------------------------------------------------------------------
+# FIFO depths on fan-out branches
+# ------------------------------------------------------------------------------------------------
+
+
+def _rows_needed(layer: QLayer, qg: QuantizedGraph, out_rows: int) -> int:
+    """Input rows `layer` must have read to produce its first `out_rows` output rows."""
+    x = qg.tensors[layer.inputs[0]]
+    h = x.shape[0]
+    if out_rows <= 0:
+        return 0
+    if isinstance(layer, (QConv, QMaxPool, QAvgPool)):
+        kh, sh, pt = layer.kernel[0], layer.stride[0], layer.padding[0]
+        return min(h, max(0, (out_rows - 1) * sh - pt + kh))
+    if isinstance(layer, (QDense, QGlobalAvgPool, QGlobalMaxPool)):
+        return h
+    return min(h, out_rows)
+
+
+def fifo_depths(qg: QuantizedGraph, lanes_in: dict[str, int]) -> dict[tuple[str, str], int]:
+    """FIFOs for tensors read by several branches (see the module docstring).
+
+    Each branch is followed through single-input, single-reader layers to where it ends (a
+    join such as a residual add, or another fan-out); its *prefix* is the number of rows of the
+    fanned-out tensor it must read before it delivers its first row there. A branch with a
+    shorter prefix than the longest gets a FIFO of the difference plus two rows.
+    """
+    consumers: dict[str, list[QLayer]] = {}
+    for layer in qg.layers:
+        for t in layer.inputs:
+            consumers.setdefault(t, []).append(layer)
+    depths: dict[tuple[str, str], int] = {}
+    for tensor, users in consumers.items():
+        if len(users) < 2:
+            continue
+        prefixes = []
+        for user in users:
+            chain = []
+            node = user
+            while len(node.inputs) == 1:
+                chain.append(node)
+                readers = consumers.get(node.output, [])
+                if len(readers) != 1:
+                    break
+                node = readers[0]
+            rows = 1
+            for layer in reversed(chain):
+                rows = _rows_needed(layer, qg, rows)
+            prefixes.append(rows if chain else 0)
+        longest = max(prefixes)
+        t = qg.tensors[tensor]
+        for user, prefix in zip(users, prefixes, strict=True):
+            if prefix == longest and prefix > 0:
+                continue
+            lanes = max(1, lanes_in.get(user.name, 1))
+            row_beats = t.shape[1] * t.shape[2] // lanes
+            depths[(tensor, user.name)] = max(4, (longest - prefix + 2) * row_beats)
+    return depths
+
+
+# ------------------------------------------------------------------------------------------------
+# balancing
+# ------------------------------------------------------------------------------------------------
+
+
+def _cheapest(options: list[Option], ii: float, dev: Device) -> Option | None:
+    model = rmodel.MODELS[dev.family]
+    ok = [o for o in options if o.cycles <= ii]
+    if not ok:
+        return None
+
+    def cost(o: Option) -> float:
+        mem = o.weights
+        mem_cost = 0.0 if mem is None else (mem.blocks * 200 if mem.placement != "logic"
+                                            else mem.bits)
+        dsp_share = dev.dsp_products(*o.mult_bits) if o.multipliers else 0
+        mult = o.multipliers * (40 if dsp_share else lut_multiplier_cost(model, o))
+        return o.fixed.lut + mult + mem_cost + 0.2 * o.fixed.ff
+
+    return min(ok, key=cost)
+
+
+def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
+         clock_mhz: float | None = None) -> HardwarePlan:
+    """The fastest plan that fits (or the cheapest meeting `fps`); DoesNotFit otherwise."""
+    clock = clock_mhz or dev.planned_clock_mhz
+    if clock <= 0:
+        raise UsageError(f"clock {clock!r} MHz must be positive")
+    layers = list(qg.layers)
+    options = [layer_options(dev, la, qg) for la in layers]
+    candidates = sorted({o.cycles for opts in options for o in opts})
+    floor = max(min(o.cycles for o in opts) for opts in options)
+    if fps is not None:
+        if fps <= 0:
+            raise UsageError(f"--fps {fps!r} must be positive")
+        target = clock * 1e6 / fps
+        if target < floor:
+            raise UsageError(
+                f"--fps {fps:g} needs {target:,.0f} cycles per image at {clock:g} MHz; this "
+                f"model's fastest stage design takes {floor:,.0f} ({clock * 1e6 / floor:,.0f} FPS)"
+            )
+        candidates = [target]
+    else:
+        candidates = [c for c in candidates if c >= floor]
+    def attempt(ii: float) -> HardwarePlan | None:
+        chosen = [_cheapest(opts, ii, dev) for opts in options]
+        if any(c is None for c in chosen):
+            return None
+        stages = _assemble(dev, layers, chosen, qg)  # type: ignore[arg-type]
+        lanes_in = {s.layer: s.lanes_in for s in stages}
+        depths = fifo_depths(qg, lanes_in)
+        glue = _glue(dev, qg, stages, depths)
+        return HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue)
+
+    # smallest feasible interval: the fit is monotone in the interval, so bisect
+    lo, hi = 0, len(candidates) - 1
+    best = None
+    last = attempt(candidates[hi])
+    if last is None or not last.fits:
+        raise _does_not_fit(qg, dev, last, fps)
+    best = last
+    while lo < hi:
+        mid = (lo + hi) // 2
+        p = attempt(candidates[mid])
+        if p is not None and p.fits:
+            best, hi = p, mid
+        else:
+            lo = mid + 1
+    return best
+
+
+def _does_not_fit(qg: QuantizedGraph, dev: Device, p: HardwarePlan | None,
+                  fps: float | None) -> DoesNotFit:
+    budget = Resources.budget(dev)
+    table = []
+    if p is not None:
+        table += [{"layer": s.layer, "kind": s.kind, **s.resources.as_dict()} for s in p.stages]
+        table.append({"layer": "(glue: converters, FIFOs, arg-max)", "kind": "",
+                      **p.glue.as_dict()})
+        over = p.resources.over(budget)
+        used = p.resources
+    else:
+        over, used = ["cycles"], Resources()
+    bigger = [d.name for d in _bigger_devices(dev)]
+    weights = sum(la.weight.size * la.w_bits for la in qg.layers
+                  if isinstance(la, (QConv, QDense))) // 8
+    suggestions = []
+    if "bram" in over or "spram" in over:
+        suggestions.append(f"fewer weight bits (the weights take {weights:,} bytes)")
+    if "lut" in over or "ff" in over:
+        suggestions.append("fewer layers or channels, or lower bit widths (narrower datapaths)")
+    if fps is not None:
+        suggestions.append(f"a lower --fps than {fps:g}")
+    if bigger:
+        suggestions.append(f"a bigger device ({', '.join(bigger[:3])})")
+    detail = ", ".join(f"{k} {getattr(used, k):,.0f}/{getattr(budget, k):,}" for k in over
+                       if k != "cycles")
+    message = (f"{qg.name} does not fit {dev.name} even at the least parallelism"
+               + (f" ({detail})" if detail else "")
+               + (f"; try {'; or '.join(suggestions)}" if suggestions else ""))
+    return DoesNotFit(message, table, budget, suggestions)
+
+
+def _bigger_devices(dev: Device) -> Iterable[Device]:
+    from accelgen.devices import DEVICES
+
+    return sorted((d for d in DEVICES.values() if d.luts > dev.luts), key=lambda d: d.luts)
+
+
+__all__ = ["ROW_OVERHEAD", "DoesNotFit", "plan"]
