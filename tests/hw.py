@@ -11,6 +11,9 @@ from amaranth.sim import Simulator
 
 from accelgen.cores.streams import Format
 from accelgen.memory.linebuffer import WindowGeometry
+from accelgen.sim.pysim import pixel_beats
+
+__all__ = ["pixel_beats"]
 
 
 class Deadlock(AssertionError):
@@ -91,16 +94,6 @@ def run(dut, inputs: dict, outputs: dict, seed: int = 0, idle: float = 0.3,
 # ---------------------------------------------------------------------------------------------
 # software models of the stream orders
 # ---------------------------------------------------------------------------------------------
-
-
-def pixel_beats(x: np.ndarray, lanes: int) -> list[dict]:
-    """(N, H, W, C) integer images as pixel beats."""
-    n, h, w, c = x.shape
-    return [
-        {"data": [int(v) for v in x[img, yy, xx, cf * lanes : (cf + 1) * lanes]],
-         "last": int(yy == h - 1 and xx == w - 1 and cf == c // lanes - 1)}
-        for img in range(n) for yy in range(h) for xx in range(w) for cf in range(c // lanes)
-    ]
 
 
 def beats_to_images(beats: Iterable, n: int, h: int, w: int, c: int) -> np.ndarray:

@@ -67,6 +67,11 @@ class ConvLayer(wiring.Component):
                  ol: int) -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
+        c_out = layer.weight.shape[0]
+        if pe < 1 or c_out % pe:
+            raise ShapeError(f"{layer.name!r}: pe={pe!r} must divide the {c_out} output channels")
+        if ol < 1 or pe % ol:
+            raise ShapeError(f"{layer.name!r}: {ol!r} output lanes must divide pe={pe}")
         if self.mode == "depthwise":
             multiplier = layer.weight.shape[0] // x.shape[2]
             if pe % multiplier:
@@ -81,7 +86,6 @@ class ConvLayer(wiring.Component):
         self.geometry = conv_geometry(layer, x, lanes)
         self.in_fmt = fmt_of(x, lanes)
         self.out_fmt = fmt_of(y, ol)
-        c_out = layer.weight.shape[0]
         oh, ow = self.geometry.out_hw
         if oh * ow != y.shape[0] * y.shape[1]:
             raise ShapeError(f"{layer.name!r}: window gives {oh}x{ow}, tensor is {y.shape}")

@@ -33,22 +33,19 @@ class SimResult:
     total_cycles: int
 
 
+def pixel_beats(x: np.ndarray, lanes: int) -> list[dict]:
+    """Integer (N, H, W, C) images as pixel beats of `lanes` codes."""
+    n, h, w, c = x.shape
+    return [
+        {"data": [int(v) for v in x[img, yy, xx, cf * lanes : (cf + 1) * lanes]],
+         "last": int(yy == h - 1 and xx == w - 1 and cf == c // lanes - 1)}
+        for img in range(n) for yy in range(h) for xx in range(w) for cf in range(c // lanes)
+    ]
+
+
 def image_beats(acc: Accelerator, x_ir: np.ndarray) -> list[list[dict]]:
     """Integer IR images (N, H, W, C) as the input stream's beats, one list per image."""
-    lanes = acc.in_fmt.lanes
-    n, h, w, c = x_ir.shape
-    out = []
-    for img in range(n):
-        beats = []
-        for yy in range(h):
-            for xx in range(w):
-                for cf in range(c // lanes):
-                    beats.append({
-                        "data": [int(v) for v in x_ir[img, yy, xx, cf * lanes:(cf + 1) * lanes]],
-                        "last": int(yy == h - 1 and xx == w - 1 and cf == c // lanes - 1),
-                    })
-        out.append(beats)
-    return out
+    return [pixel_beats(x_ir[k : k + 1], acc.in_fmt.lanes) for k in range(x_ir.shape[0])]
 
 
 def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
