@@ -25,7 +25,7 @@ from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
 log = logging.getLogger("accelgen")
 
 BOARD_ALIASES = ("ice40", "ecp5", "gowin")
-ENGINES = ("reference", "golden")
+ENGINES = ("reference", "golden", "pysim")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -280,6 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from accelgen import golden, reference
     from accelgen.frontend import load_model
 
+    if args.engine == "pysim":
+        return _run_pysim(args)
     if args.engine == "golden":
         if not is_accel(Path(args.model)):
             raise UsageError(
@@ -298,6 +300,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _write_outputs(outputs, args.output)
     for name, value in outputs.items():
         print(f"{name}: {value.shape} {value.dtype} -> {out}")
+    return 0
+
+
+def _run_pysim(args: argparse.Namespace) -> int:
+    from accelgen import golden
+    from accelgen.accelerator import Accelerator
+    from accelgen.devices import device
+    from accelgen.scheduler import plan
+    from accelgen.sim.pysim import simulate
+
+    if not is_accel(Path(args.model)):
+        raise UsageError(f"--engine pysim runs a shape description (NAME.accel/); {args.model!r} "
+                         f"is not one: run `accelgen compress {args.model}` first")
+    qg = load_accel(args.model)
+    p = plan(qg, device(args.board))
+    feeds = load_inputs(args.inputs, qg)
+    x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
+    result = simulate(Accelerator(p), x_ir)
+    qo = qg.outputs[0]
+    real = qg.tensors[qo.tensor].dequantize(result.logits).reshape((-1, *qo.onnx_shape))
+    if qo.host_softmax:
+        e = np.exp(real - real.max(axis=-1, keepdims=True))
+        real = e / e.sum(axis=-1, keepdims=True)
+    out = _write_outputs({qo.onnx_name: real}, args.output)
+    print(f"{qo.onnx_name}: {real.shape} -> {out}; classes {result.classes.tolist()}")
+    cycles = result.cycles
+    print(f"cycles per image: {', '.join(str(int(c)) for c in cycles)} (latency, one image at a "
+          f"time; plan interval {p.ii_cycles:,.0f}) on {p.device.name} at {p.clock_mhz:g} MHz")
     return 0
 
 
@@ -400,15 +430,99 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# estimate
+# --------------------------------------------------------------------------------------------
+
+
+def quantized_for(arg: str | None, *, calib: str | None = None, bits: int = 8):
+    """A shape description: loaded if `arg` is one, else the model compressed with defaults
+    (its shipped calibration data, or `calib`; random inputs as a last resort for planning)."""
+    from accelgen.compress.quantize import QuantConfig, quantize
+    from accelgen.data import load_npz, random_inputs
+    from accelgen.frontend import load_model
+
+    if arg is not None and is_accel(Path(arg)):
+        return load_accel(arg)
+    path = resolve_model(arg)
+    graph = load_model(path)
+    gi = graph.inputs[0]
+    if calib == "random":
+        data = random_inputs(gi.onnx_shape, gi.dtype, 256).x
+    elif calib:
+        data = load_npz(calib, gi.onnx_shape).x
+    else:
+        shipped = default_data(path, "calib")
+        data = shipped.x if shipped is not None else None
+        if data is None and any(graph.tensors[t].quant is None for t in graph.tensors):
+            print("accelgen: warning: no calibration data for this model; planning with "
+                  "random inputs (accuracy figures would be meaningless)", file=sys.stderr)
+            data = random_inputs(gi.onnx_shape, gi.dtype, 256).x
+    qg, _ = quantize(graph, data, QuantConfig(weight_bits=bits, act_bits=bits))
+    entry = zoo_entry_for(path)
+    qg.meta["zoo_model"] = entry.name if entry else None
+    return qg
+
+
+def print_plan(p) -> None:
+    s = p.summary()
+    print(f"{p.qgraph.name} on {p.device.name} at {p.clock_mhz:g} MHz: "
+          f"{s['cycles_per_image']:,} cycles per image, {s['fps']:,.0f} FPS, MAC utilisation "
+          f"{100 * s['mac_utilization']:.0f} % ({s['multipliers']} multipliers), "
+          f"bottleneck {s['bottleneck']!r}")
+    head = (f"  {'layer':<28} {'kind':<10} {'parallelism':<14} {'lanes':>7} {'cycles':>9} "
+            f"{'LUT':>7} {'FF':>7} {'BRAM':>5} {'SPRAM':>5} {'DSP':>4}  weights")
+    print(head)
+    for st in p.stages:
+        r = st.resources
+        print(f"  {_short(st.layer, 28):<28} {st.kind:<10} {st.describe():<14} "
+              f"{st.lanes_in:>3}>{st.lanes_out:<3} {st.cycles:>9,.0f} {r.lut:>7,.0f} "
+              f"{r.ff:>7,.0f} {r.bram:>5} {r.spram:>5} {r.dsp:>4}  {st.weight_memory}")
+    g = p.glue
+    print(f"  {'(converters, FIFOs, arg-max)':<54} {'':>9} {g.lut:>7,.0f} {g.ff:>7,.0f} "
+          f"{g.bram:>5} {g.spram:>5} {g.dsp:>4}")
+    used = ", ".join(f"{k} {v['used']:,.0f}/{v['available']:,}" for k, v in s["resources"].items())
+    print(f"  total: {used}")
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from accelgen.devices import device
+    from accelgen.scheduler import DoesNotFit, plan
+
+    dev = device(args.board)
+    qg = quantized_for(args.model, calib=args.calib_data, bits=args.bits)
+    try:
+        p = plan(qg, dev, fps=args.fps, clock_mhz=args.clock)
+    except DoesNotFit as err:
+        if args.json:
+            print(json.dumps({"fits": False, "device": dev.name, "reason": str(err),
+                              "layers": err.table, "budget": err.budget.as_dict(),
+                              "suggestions": err.suggestions}))
+            return 1
+        print(f"does not fit {dev.name}:")
+        for row in err.table:
+            print(f"  {_short(row['layer'], 36):<36} {row['kind']:<10} LUT {row['lut']:>7,.0f} "
+                  f"FF {row['ff']:>7,.0f} BRAM {row['bram']:>3} SPRAM {row['spram']:>2} "
+                  f"DSP {row['dsp']:>3}")
+        b = err.budget
+        print(f"  budget: LUT {b.lut:,} FF {b.ff:,} BRAM {b.bram} SPRAM {b.spram} DSP {b.dsp}")
+        raise
+    if args.json:
+        print(json.dumps(p.summary()))
+    else:
+        print_plan(p)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # build
 # --------------------------------------------------------------------------------------------
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from accelgen.devices import device
     from accelgen.frontend import load_model
 
-    if args.board not in BOARD_ALIASES:
-        raise UsageError(f"unknown board {args.board!r}; known boards: {', '.join(BOARD_ALIASES)}")
+    device(args.board)  # an unknown board fails here, listing the known ones
     path = resolve_model(args.model)
     graph = load_model(path)
     print(f"model {graph.name}: {len(graph.layers)} layers, {graph.params:,} params, "
@@ -441,7 +555,18 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help=".npy (one input) or .npz (keyed by name)")
     s.add_argument("-o", "--output", required=True, help=".npy (one output) or .npz")
     s.add_argument("--engine", choices=ENGINES, default="reference")
+    s.add_argument("--board", default="ice40", help="the board whose plan pysim simulates")
     s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("estimate", help="plan the accelerator: folding, cycles, resources")
+    s.add_argument("model", nargs="?", default=None, help=".onnx, shipped name or NAME.accel/")
+    s.add_argument("--board", default="ice40")
+    s.add_argument("--fps", type=float, default=None, help="target frames per second")
+    s.add_argument("--clock", type=float, default=None, help="clock in MHz (default: planned)")
+    s.add_argument("--bits", type=int, default=8, help="bits when compressing an .onnx model")
+    s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_estimate)
 
     s = sub.add_parser("compress", help="quantize a model into a shape description NAME.accel/")
     s.add_argument("model", nargs="?", default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,36 @@ class Node:
 
     def has_input(self, i: int) -> bool:
         return i < len(self.inputs) and self.inputs[i] != ""
+
+
+# the TensorFlow op names that identify a fused layer's scope, by IR op
+_TF_OPS = {
+    "Conv2d": ("BiasAdd", "Conv2D1", "depthwise", "Conv2D"),
+    "Dense": ("MatMul", "BiasAdd"),
+    "Relu": ("Relu", "Relu6"),
+    "Clip": ("Relu6", "Relu", "clip_by_value"),
+    "Add": ("add", "Add", "AddV2"),
+}
+
+
+def pretty_name(name: str, op: str = "") -> str:
+    """A readable layer name from an exporter's node name.
+
+    TensorFlow exports fuse the names of every op that went into a node
+    (``"model/activation/Relu;model/batch_normalization/...;model/conv2d/BiasAdd;..."``); this
+    keeps the scope of the segment whose op matches the layer (``"conv2d"``).
+    """
+    if ";" not in name and len(name) <= 48:
+        return name
+    segments = [s.split("/") for s in name.split(";") if s]
+    wanted = _TF_OPS.get(op, ())
+    pick = next((seg for want in wanted for seg in segments
+                 if len(seg) >= 2 and seg[-1] == want), segments[-1])
+    parts = [p for p in pick[:-1] if p] if len(pick) >= 2 else pick
+    while len(parts) >= 2 and parts[0] in ("model", "functional_1", "sequential", "functional"):
+        parts = parts[1:]
+    out = "/".join(parts).removeprefix("TFLITE2ONNX_FAF_")
+    return out if len(out) <= 48 else out[-48:]
 
 
 class Relayout(Exception):
@@ -131,7 +162,7 @@ class Context:
         return unique
 
     def add_layer(self, layer: Layer) -> Layer:
-        base = layer.name or layer.op
+        base = pretty_name(layer.name, layer.op) or layer.op
         unique, k = base, 1
         while unique in self._layer_names:
             k += 1

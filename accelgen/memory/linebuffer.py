@@ -83,9 +83,7 @@ class WindowGeometry:
         window that spans the whole image height (a dense layer) is double-buffered."""
         if self.out_hw[0] == 1:
             return 2 * self.kernel[0]
-        if self.fmt.width == 1:  # one-pixel rows (a pointwise layer): room to absorb bursts
-            return self.kernel[0] + self.stride[0] + 2
-        return self.kernel[0] + 2 * self.stride[0]
+        return self.kernel[0] + self.stride[0]
 
     def row_needs(self) -> list[tuple[int, int]]:
         """Per output row: (input rows that must be written, rows still needed afterwards)."""
