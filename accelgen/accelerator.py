@@ -47,17 +47,28 @@ from accelgen.scheduler.plan import HardwarePlan, StagePlan
 EDGE_FIFO_DEPTH = 4
 
 
+def fifo_style(depth: int, width: int) -> str:
+    """Registers for shallow or tiny queues, block RAM for the rest (the scheduler counts the
+    same way)."""
+    from accelgen.scheduler.resources import LOGIC_MEMORY_BITS
+
+    return "logic" if depth <= 8 or depth * width <= LOGIC_MEMORY_BITS else "block"
+
+
 def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan) -> wiring.Component:
     """The component for one layer, with the plan's parallelism."""
     t = qg.tensors
     if isinstance(layer, (QConv, QDense)):
         return ConvLayer(layer, t[layer.inputs[0]], t[layer.output], pe=sp.pe, simd=sp.simd,
-                         ol=sp.lanes_out)
+                         ol=sp.lanes_out, ring_style=sp.style(sp.ring_memory),
+                         weight_style=sp.style(sp.weight_memory))
     if isinstance(layer, (QMaxPool, QAvgPool)):
-        return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in)
+        return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in,
+                         ring_style=sp.style(sp.ring_memory))
     if isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
         mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
-        return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in))
+        return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in),
+                               ram_style=sp.style(sp.aux_memory))
     if isinstance(layer, QAdd):
         a, b = (fmt_of(t[n], sp.lanes_in) for n in layer.inputs)
         return AddStage(a=a, b=b, out=fmt_of(t[layer.output], sp.lanes_out), align=layer.align,
@@ -152,7 +163,8 @@ class Accelerator(wiring.Component):
                 # drain, a row's end) would otherwise stall their neighbours in lockstep
                 depth = max(EDGE_FIFO_DEPTH, self.plan.fifo_depths.get((tensor, user), 0))
                 if depth:
-                    fifo = StreamFifo(fmt_of(qg.tensors[tensor], lanes).payload, depth)
+                    payload = fmt_of(qg.tensors[tensor], lanes).payload
+                    fifo = StreamFifo(payload, depth, fifo_style(depth, payload.size))
                     m.submodules[f"fifo_{_ident(tensor)}_{_ident(user)}"] = fifo
                     wiring.connect(m, stream_, fifo.i)
                     stream_ = fifo.o

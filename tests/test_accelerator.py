@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from accelgen.zoo import MODELS
 from onnx import helper
 
 from accelgen import golden
@@ -18,7 +19,6 @@ from accelgen.devices import device
 from accelgen.frontend import load_model
 from accelgen.scheduler import DoesNotFit, plan
 from accelgen.sim import simulate
-from accelgen.zoo import MODELS
 from tests.onnx_helpers import FLOAT, MLPERF, make_model
 
 
@@ -104,7 +104,7 @@ def test_does_not_fit_names_layers_and_remedies() -> None:
     assert {"layer", "lut", "bram", "dsp"} <= set(err.table[0])
 
 
-def test_estimate_cli_json_and_does_not_fit(tmp_path) -> None:  # noqa: ANN001
+def test_estimate_cli_json_and_does_not_fit(tmp_path) -> None:
     if not MLPERF.is_dir():
         pytest.skip("MLPerf Tiny models absent")
     kws = str(MLPERF / "kws_ref_model_float32_tf2onnx.onnx")

@@ -83,10 +83,12 @@ class ConvStage(wiring.Component):
         pe: int,
         folds_per_pixel: int,
         pixels: int,
+        weight_style: str = "block",
     ) -> None:
         if mode not in ("dense", "depthwise"):
             raise ShapeError(f"MAC stage mode {mode!r}")
         self.mode = mode
+        self.weight_style = weight_style
         self.in_fmt, self.out_fmt = in_fmt, out_fmt
         self.w_bits = w_bits
         self.requant = requant
@@ -178,7 +180,8 @@ class ConvStage(wiring.Component):
         acc_shape = signed(self.sum_bits)
 
         m.submodules.weights = rom = Memory(
-            shape=data.ArrayLayout(wshape, n_products), depth=len(self.rom), init=self.rom)
+            shape=data.ArrayLayout(wshape, n_products), depth=len(self.rom), init=self.rom,
+            attrs={"ram_style": self.weight_style})
         wport = rom.read_port()
         waddr = Signal(range(len(self.rom)))
 

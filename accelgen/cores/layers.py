@@ -64,7 +64,7 @@ class ConvLayer(wiring.Component):
     """Line buffer + MAC/requantize for one convolution or dense layer."""
 
     def __init__(self, layer: QConv | QDense, x: QTensor, y: QTensor, *, pe: int, simd: int,
-                 ol: int) -> None:
+                 ol: int, ring_style: str = "block", weight_style: str = "block") -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
         c_out = layer.weight.shape[0]
@@ -92,13 +92,13 @@ class ConvLayer(wiring.Component):
         folds = c_out // pe if self.mode == "dense" else x.shape[2] // lanes
         self.window = SlidingWindow(
             self.geometry, order="dense" if self.mode == "dense" else "channel",
-            repeats=folds if self.mode == "dense" else 1,
+            repeats=folds if self.mode == "dense" else 1, ram_style=ring_style,
         )
         self.mac = ConvStage(
             mode=self.mode, in_fmt=self.in_fmt, out_fmt=self.out_fmt,
             weight=conv_weight(layer, x), w_bits=layer.w_bits, acc_bits=layer.acc_bits,
             requant=Requant(layer.bias, layer.shift, layer.lo, layer.hi), pe=pe,
-            folds_per_pixel=folds, pixels=oh * ow,
+            folds_per_pixel=folds, pixels=oh * ow, weight_style=weight_style,
         )
         super().__init__({"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)})
 
@@ -125,7 +125,8 @@ class ConvLayer(wiring.Component):
 class PoolLayer(wiring.Component):
     """Line buffer + max/average datapath for one windowed `QMaxPool` / `QAvgPool`."""
 
-    def __init__(self, layer: QMaxPool | QAvgPool, x: QTensor, y: QTensor, *, lanes: int) -> None:
+    def __init__(self, layer: QMaxPool | QAvgPool, x: QTensor, y: QTensor, *, lanes: int,
+                 ring_style: str = "block") -> None:
         if layer.dilation != (1, 1):
             raise ShapeError(f"{layer.name!r}: dilated pooling is not supported by the pipeline")
         self.layer = layer
@@ -135,7 +136,7 @@ class PoolLayer(wiring.Component):
         if self.geometry.out_hw != y.shape[:2]:
             raise ShapeError(f"{layer.name!r}: window gives {self.geometry.out_hw}, tensor is "
                              f"{y.shape}")
-        self.window = SlidingWindow(self.geometry, order="channel")
+        self.window = SlidingWindow(self.geometry, order="channel", ram_style=ring_style)
         self.pool = WindowPoolStage(
             mode="max" if isinstance(layer, QMaxPool) else "avg", fmt=self.in_fmt,
             hw=x.shape[:2], out_hw=y.shape[:2], kernel=layer.kernel, stride=layer.stride,

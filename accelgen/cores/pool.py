@@ -146,9 +146,10 @@ class WindowPoolStage(wiring.Component):
 class GlobalPoolStage(wiring.Component):
     """Mean (rounded half up) or max of each channel over all pixels, streaming."""
 
-    def __init__(self, *, mode: str, fmt: Format) -> None:
+    def __init__(self, *, mode: str, fmt: Format, ram_style: str = "logic") -> None:
         if mode not in ("max", "avg"):
             raise ShapeError(f"global pool mode {mode!r}")
+        self.ram_style = ram_style
         self.mode, self.fmt = mode, fmt
         self.pixels = fmt.height * fmt.width
         self.out_fmt = Format(1, 1, fmt.channels, fmt.bits, fmt.signed, fmt.lanes)
@@ -165,7 +166,8 @@ class GlobalPoolStage(wiring.Component):
         sum_bits = _sum_bits(fmt, n) if self.mode == "avg" else fmt.bits
         acc_shape = signed(sum_bits) if self.mode == "avg" else fmt.shape
         word = data.ArrayLayout(acc_shape, fmt.lanes)
-        m.submodules.sums = sums = Memory(shape=word, depth=max(cl, 2), init=[])
+        m.submodules.sums = sums = Memory(shape=word, depth=max(cl, 2), init=[],
+                                          attrs={"ram_style": self.ram_style})
         wp = sums.write_port()
         rp = sums.read_port(transparent_for=(wp,))
         beat_idx = Signal(range(max(cl, 2)))

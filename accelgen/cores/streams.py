@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 
 from amaranth import Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from accelgen.errors import ShapeError
@@ -71,28 +72,79 @@ def pixel_layout(shape: Shape, lanes: int) -> data.StructLayout:
 
 
 class StreamFifo(wiring.Component):
-    """A first-in first-out queue between two streams (block RAM when deep)."""
+    """A first-in first-out queue between two streams, `depth` beats.
 
-    def __init__(self, payload: data.Layout | Shape, depth: int) -> None:
+    ``style="logic"``: a ring of registers read through a multiplexer (small queues).
+    ``style="block"``: a block-RAM ring (``ram_style`` attribute, so synthesis maps it where the
+    plan counted it) behind an output register; it holds ``depth`` beats plus the one in the
+    register. Both accept and deliver a beat per cycle.
+    """
+
+    def __init__(self, payload: data.Layout | Shape, depth: int, style: str = "logic") -> None:
         if depth < 1:
             raise ShapeError(f"FIFO depth {depth!r} must be at least 1")
+        if style not in ("logic", "block"):
+            raise ShapeError(f"FIFO style {style!r} (logic or block)")
         self._payload = payload
         self.depth = depth
+        self.style = style
         super().__init__({"i": In(stream.Signature(payload)), "o": Out(stream.Signature(payload))})
 
     def elaborate(self, platform) -> Module:
         m = Module()
         width = Shape.cast(self._payload).width
-        m.submodules.queue = q = fifo.SyncFIFOBuffered(width=width, depth=self.depth)
+        depth = self.depth
+        produce = Signal(range(depth))
+        consume = Signal(range(depth))
+        count = Signal(range(depth + 1))
+        do_write = self.i.valid & self.i.ready
+        m.d.comb += self.i.ready.eq(count < depth)
+
+        def bump(ptr: Signal) -> None:
+            m.d.sync += ptr.eq(Mux(ptr == depth - 1, 0, ptr + 1))
+
+        if self.style == "logic":
+            regs = [Signal(width, name=f"slot{k}") for k in range(depth)]
+            with m.If(do_write):
+                bump(produce)
+                for k, reg in enumerate(regs):
+                    with m.If(produce == k):
+                        m.d.sync += reg.eq(self.i.payload)
+            out = regs[0]
+            for k in range(1, depth):
+                out = Mux(consume == k, regs[k], out)
+            m.d.comb += [self.o.payload.eq(out), self.o.valid.eq(count != 0)]
+            do_read = self.o.valid & self.o.ready
+            with m.If(do_read):
+                bump(consume)
+            with m.If(do_write & ~do_read):
+                m.d.sync += count.eq(count + 1)
+            with m.Elif(do_read & ~do_write):
+                m.d.sync += count.eq(count - 1)
+            return m
+
+        m.submodules.ring = ring = Memory(shape=width, depth=depth, init=[],
+                                          attrs={"ram_style": "block"})
+        wp = ring.write_port()
+        rp = ring.read_port()
+        out_valid = Signal()
+        fetch = (count != 0) & (~out_valid | self.o.ready)
         m.d.comb += [
-            q.w_data.eq(self.i.payload.as_value() if hasattr(self.i.payload, "as_value")
-                        else self.i.payload),
-            q.w_en.eq(self.i.valid),
-            self.i.ready.eq(q.w_rdy),
-            self.o.payload.eq(q.r_data),
-            self.o.valid.eq(q.r_rdy),
-            q.r_en.eq(self.o.ready),
+            wp.addr.eq(produce), wp.data.eq(self.i.payload), wp.en.eq(do_write),
+            rp.addr.eq(consume), rp.en.eq(fetch),
+            self.o.payload.eq(rp.data), self.o.valid.eq(out_valid),
         ]
+        with m.If(do_write):
+            bump(produce)
+        with m.If(fetch):
+            bump(consume)
+            m.d.sync += out_valid.eq(1)
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(do_write & ~fetch):
+            m.d.sync += count.eq(count + 1)
+        with m.Elif(fetch & ~do_write):
+            m.d.sync += count.eq(count - 1)
         return m
 
 

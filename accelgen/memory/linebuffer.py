@@ -154,7 +154,8 @@ class WindowGeometry:
 class SlidingWindow(wiring.Component):
     """Line buffer + window reader (see the module docstring for the contract)."""
 
-    def __init__(self, geometry: WindowGeometry, *, order: str = "dense", repeats: int = 1) -> None:
+    def __init__(self, geometry: WindowGeometry, *, order: str = "dense", repeats: int = 1,
+                 ram_style: str = "block") -> None:
         if order not in ("dense", "channel"):
             raise ShapeError(f"window order {order!r} (dense or channel)")
         if repeats < 1 or (order == "channel" and repeats != 1):
@@ -162,6 +163,7 @@ class SlidingWindow(wiring.Component):
         self.geometry = geometry
         self.order = order
         self.repeats = repeats
+        self.ram_style = ram_style
         fmt = geometry.fmt
         super().__init__({
             "i": In(fmt.signature),
@@ -200,7 +202,8 @@ class SlidingWindow(wiring.Component):
         row_words = g.row_words
         word = data.ArrayLayout(fmt.shape, fmt.lanes)
 
-        m.submodules.ring = ring = Memory(shape=word, depth=g.words, init=[])
+        m.submodules.ring = ring = Memory(shape=word, depth=g.words, init=[],
+                                          attrs={"ram_style": self.ram_style})
         wp = ring.write_port()
         rp = ring.read_port()
 

@@ -56,8 +56,14 @@ class StagePlan:
     macs: int  # useful multiply-accumulates per image
     multipliers: int
     dsp_blocks: int  # DSP blocks its multipliers use (the rest are LUT multipliers)
-    weight_memory: str  # "none", "lut", "bram", "spram"
+    weight_memory: str  # "none", "logic", "bram", "spram"
     resources: Resources
+    ring_memory: str = "none"  # the line buffer: "none", "logic", "bram"
+    aux_memory: str = "none"  # a global pool's running sums
+
+    def style(self, placement: str) -> str:
+        """The ``ram_style`` synthesis attribute of a placement."""
+        return {"logic": "logic", "bram": "block", "spram": "huge"}.get(placement, "logic")
 
     def describe(self) -> str:
         if self.kind in ("conv", "dense"):

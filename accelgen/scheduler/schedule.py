@@ -78,6 +78,8 @@ class Option:
     mult_bits: tuple[int, int]  # operand widths of its multipliers
     weights: rmodel.Memory | None
     fixed: Resources  # everything but multipliers and the weight memory
+    ring: rmodel.Memory | None = None
+    aux: rmodel.Memory | None = None
 
 
 def _fmt(t: QTensor, lanes: int) -> Format:
@@ -131,7 +133,7 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
         cycles = g.steady_cycles(g.row_read_cycles(per_pixel, repeats), g.row_words)
         macs = oh * ow * c_out * kh * kw * per_group
         # fixed logic: window, registers, accumulators, requantizer, parameter table
-        res, _ = _window_costs(dev, g)
+        res, ring = _window_costs(dev, g)
         sb = sum_width(weight, fmt)
         prod_bits = x.bits + layer.w_bits + 1
         ff = lanes * x.bits + products * prod_bits + 2 * pe * sb + model.stage_control_ff
@@ -143,7 +145,7 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
         words = len(range(folds * beats_per_fold))
         weights = rmodel.place(dev, "weights", words, products * layer.w_bits)
         options.append(Option(pe, simd, lanes, ol, cycles, macs, products,
-                              (x.bits, layer.w_bits), weights, res + Resources(lut, ff)))
+                              (x.bits, layer.w_bits), weights, res + Resources(lut, ff), ring))
     return options
 
 
@@ -155,16 +157,17 @@ def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option
     options = []
     for lanes in divisors(c):
         fmt = _fmt(x, lanes)
+        ring = aux = None
         if isinstance(layer, (QMaxPool, QAvgPool)):
             g = WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, layer.ceil_mode)
-            res, _ = _window_costs(dev, g)
+            res, ring = _window_costs(dev, g)
             cycles = g.steady_cycles(g.row_read_cycles(), g.row_words)
             per_lane = 3 * x.bits if isinstance(layer, QMaxPool) else 12 * x.bits
             res = res + Resources(lanes * per_lane, lanes * 2 * x.bits + 20)
         elif isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
             cycles = fmt.beats + 2
             sb = x.bits + math.ceil(math.log2(max(2, x.shape[0] * x.shape[1]))) + 1
-            sums = rmodel.place(dev, "sums", max(2, c // lanes), lanes * sb)
+            sums = aux = rmodel.place(dev, "sums", max(2, c // lanes), lanes * sb)
             lut, ff = rmodel.logic_memory(model, sums)
             per_lane = sb * (1 if isinstance(layer, QGlobalMaxPool) else 4)
             res = Resources(lut + lanes * per_lane + 60, ff + lanes * (x.bits + sb) + 40,
@@ -180,7 +183,7 @@ def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option
                 f"{layer.op} {layer.name!r} has no stage in the streaming pipeline template "
                 f"(supported: conv, depthwise, pointwise, dense, pools, residual add, clamp)"
             )
-        options.append(Option(lanes, 1, lanes, lanes, cycles, 0, 0, (0, 0), None, res))
+        options.append(Option(lanes, 1, lanes, lanes, cycles, 0, 0, (0, 0), None, res, ring, aux))
     return options
 
 
@@ -254,6 +257,8 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             lanes_in=opt.lanes_in, lanes_out=opt.lanes_out, cycles=opt.cycles, macs=opt.macs,
             multipliers=opt.multipliers, dsp_blocks=dsps,
             weight_memory="none" if mem is None else mem.placement, resources=res,
+            ring_memory="none" if opt.ring is None else opt.ring.placement,
+            aux_memory="none" if opt.aux is None else opt.aux.placement,
         ))
     return stages
 
@@ -277,7 +282,7 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
             if src != dst:
                 bits = qg.tensors[t].bits * max(src, dst)
                 total = total + Resources(bits * 1.2 + 10, bits + 6)
-    from accelgen.accelerator import EDGE_FIFO_DEPTH
+    from accelgen.accelerator import EDGE_FIFO_DEPTH, fifo_style
 
     edges = {(t, layer.name): max(EDGE_FIFO_DEPTH, fifo_depths.get((t, layer.name), 0))
              for layer in qg.layers for t in layer.inputs}
@@ -286,7 +291,11 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
     for (t, _user), depth in edges.items():
         lanes = lanes_out.get(qg.producer(t).name, 1) if qg.producer(t) else 1
         width = lanes * qg.tensors[t].bits + 1
-        mem = rmodel.place(dev, "fifo", depth, width)
+        if fifo_style(depth, width) == "logic":
+            mem = rmodel.Memory("fifo", depth, width, "logic", 0)
+        else:
+            mem = rmodel.Memory("fifo", depth, width, "bram", rmodel.bram_blocks(dev, depth,
+                                                                                 width))
         lut, ff = rmodel.logic_memory(model, mem)
         total = total + Resources(lut + 30, ff + 2 * width + 20,
                                   mem.blocks if mem.placement == "bram" else 0)
