@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 from accelgen.cores.layers import ConvLayer, PoolLayer, fmt_of
 from accelgen.cores.pool import AddStage, ArgMax, ClampStage, GlobalPoolStage
 from accelgen.cores.streams import Broadcast, StreamFifo, WidthConverter
+from accelgen.devices import Device
 from accelgen.errors import UnsupportedError
 from accelgen.quantized import (
     QAdd,
@@ -55,13 +56,18 @@ def fifo_style(depth: int, width: int) -> str:
     return "logic" if depth <= 8 or depth * width <= LOGIC_MEMORY_BITS else "block"
 
 
-def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan) -> wiring.Component:
-    """The component for one layer, with the plan's parallelism."""
+def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan,
+                device: Device | None = None) -> wiring.Component:
+    """The component for one layer, with the plan's parallelism and DSP mapping."""
     t = qg.tensors
     if isinstance(layer, (QConv, QDense)):
-        return ConvLayer(layer, t[layer.inputs[0]], t[layer.output], pe=sp.pe, simd=sp.simd,
+        x = t[layer.inputs[0]]
+        per_block = device.dsp_products(x.bits, layer.w_bits) if device is not None else 0
+        return ConvLayer(layer, x, t[layer.output], pe=sp.pe, simd=sp.simd,
                          ol=sp.lanes_out, ring_style=sp.style(sp.ring_memory),
-                         weight_style=sp.style(sp.weight_memory))
+                         weight_style=sp.style(sp.weight_memory),
+                         dsp_products=min(sp.multipliers, sp.dsp_blocks * per_block),
+                         family=None if device is None else device.family)
     if isinstance(layer, (QMaxPool, QAvgPool)):
         return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in,
                          ring_style=sp.style(sp.ring_memory))
@@ -111,7 +117,8 @@ class Accelerator(wiring.Component):
         self.in_fmt = fmt_of(self.in_tensor, plan.input_lanes)
         last = plan.stage(qg.producer(self.out_tensor.name).name)
         self.out_fmt = fmt_of(self.out_tensor, last.lanes_out)
-        self.stages = {la.name: build_stage(la, qg, plan.stage(la.name)) for la in qg.layers}
+        self.stages = {la.name: build_stage(la, qg, plan.stage(la.name), plan.device)
+                       for la in qg.layers}
         self.argmax = ArgMax(self.out_fmt)
         cls_bits = max(1, (self.argmax.classes - 1).bit_length())
         super().__init__({

@@ -43,7 +43,7 @@ class ZooModel:
 MODELS: dict[str, ZooModel] = {
     "dscnn_fmnist": ZooModel(
         name="dscnn_fmnist",
-        onnx="dscnn_fmnist.onnx",
+        onnx="dscnn_fmnist_small.onnx",  # renamed to dscnn_fmnist.onnx with its script
         eval_data="fmnist_eval.npz",
         calib_data="fmnist_calib.npz",
         classes=FASHION_MNIST_CLASSES,

@@ -71,12 +71,12 @@ def test_broadcast_delivers_every_beat_to_every_consumer(n: int, seed: int) -> N
     sim = Simulator(dut)
     sim.add_clock(1e-6)
 
-    async def driver(ctx) -> None:  # noqa: ANN001
+    async def driver(ctx) -> None:
         await put(ctx, dut.i, beats, random.Random(seed), 0.3)
 
     sim.add_testbench(driver)
     for k in range(n):
-        async def monitor(ctx, k=k) -> None:  # noqa: ANN001
+        async def monitor(ctx, k=k) -> None:
             await get(ctx, dut.o[k], len(beats), received[k], random.Random(seed + 7 * k), 0.5)
 
         sim.add_testbench(monitor)

@@ -7,7 +7,10 @@ over [0, max|x|] (two passes over the calibration data: ranges first, then histo
 `kl_threshold` is TensorRT's entropy calibration: for every candidate clip bin ``i`` (from the
 number of quantization levels up to 2048), the reference distribution P is the histogram cut at
 ``i`` with the clipped tail added to its last bin; Q is P merged into `levels` bins and expanded
-back (zero bins stay zero); the threshold is the one minimising KL(P || Q).
+back over P's non-empty bins; the threshold is the one minimising KL(P || Q). Exact zeros (the
+bulk of a ReLU output) are counted apart and left out of the histogram: they quantize exactly
+at any threshold, and smearing their spike across the first merged bin would bias the search
+toward thresholds that clip far too much.
 
 `best_frac` is seed 001's "best base point": given the threshold T and the format, it tries the
 fractional lengths around the one where T just fits and keeps the one with the least squared
@@ -30,6 +33,7 @@ class TensorStats:
     absmax: float = 0.0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
     count: int = 0
+    zeros: int = 0
 
     @property
     def bin_width(self) -> float:
@@ -59,10 +63,11 @@ class Statistics:
 
     def observe_hist(self, name: str, x: np.ndarray) -> None:
         s = self.tensors[name]
-        if s.absmax <= 0:
-            s.hist[0] += x.size
-        else:
-            h, _ = np.histogram(np.abs(x), bins=BINS, range=(0.0, s.absmax))
+        a = np.abs(x)
+        nonzero = a[a != 0]
+        s.zeros += a.size - nonzero.size
+        if s.absmax > 0 and nonzero.size:
+            h, _ = np.histogram(nonzero, bins=BINS, range=(0.0, s.absmax))
             s.hist += h
         s.count += x.size
 
@@ -78,7 +83,8 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def kl_threshold(stats: TensorStats, levels: int) -> float:
-    """The clipping threshold minimising KL(P || Q) for `levels` positive quantization levels."""
+    """The clipping threshold minimising KL(P || Q) for `levels` positive quantization levels
+    (over the non-zero values)."""
     hist = stats.hist.astype(np.float64)
     if stats.absmax <= 0 or hist.sum() == 0:
         return max(stats.absmax, 1e-12)
@@ -97,7 +103,7 @@ def kl_threshold(stats: TensorStats, levels: int) -> float:
         # merge the i bins into `levels` groups, then expand over each group's non-empty bins
         edges = np.linspace(0, i, levels + 1).astype(np.int64)
         sums = np.add.reduceat(hist[:i], edges[:-1])
-        nz = (hist[:i] > 0).astype(np.float64)
+        nz = (p > 0).astype(np.float64)
         nz_counts = np.add.reduceat(nz, edges[:-1])
         per_bin = np.divide(sums, nz_counts, out=np.zeros_like(sums), where=nz_counts > 0)
         q = np.repeat(per_bin, np.diff(edges)) * nz
@@ -108,7 +114,8 @@ def kl_threshold(stats: TensorStats, levels: int) -> float:
 
 
 def percentile_threshold(stats: TensorStats, percentile: float) -> float:
-    cdf = np.cumsum(stats.hist)
+    """The `percentile` of |x| over all values, exact zeros included."""
+    cdf = np.cumsum(stats.hist) + stats.zeros
     if cdf[-1] == 0:
         return max(stats.absmax, 1e-12)
     idx = int(np.searchsorted(cdf, percentile / 100.0 * cdf[-1]))

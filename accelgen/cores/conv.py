@@ -31,6 +31,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from accelgen.cores.mul import ProductArray
 from accelgen.cores.requant import requantize, select_width
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
@@ -84,11 +85,14 @@ class ConvStage(wiring.Component):
         folds_per_pixel: int,
         pixels: int,
         weight_style: str = "block",
+        dsp_products: int = 0,
+        family: str | None = None,
     ) -> None:
         if mode not in ("dense", "depthwise"):
             raise ShapeError(f"MAC stage mode {mode!r}")
         self.mode = mode
         self.weight_style = weight_style
+        self.dsp_products, self.family = dsp_products, family
         self.in_fmt, self.out_fmt = in_fmt, out_fmt
         self.w_bits = w_bits
         self.requant = requant
@@ -215,16 +219,20 @@ class ConvStage(wiring.Component):
             m.d.sync += [a_x.eq(beat.data), a_first.eq(beat.first), a_end.eq(beat.end),
                          a_last.eq(beat.last)]
 
-        # products (stage A registered inputs + ROM word) -> stage B registers
+        # products (stage A registered inputs + ROM word), registered by the product array
         m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_end.eq(a_end),
                      b_last.eq(a_last)]
         w = wport.data
-        for p in range(pe):
-            if self.mode == "dense":
-                for s in range(simd):
-                    m.d.sync += b_prod[p * simd + s].eq(a_x[s] * w[p * simd + s])
-            else:
-                m.d.sync += b_prod[p].eq(a_x[p // self.multiplier] * w[p])
+        if self.mode == "dense":
+            pairs = [(a_x[s], w[p * simd + s]) for p in range(pe) for s in range(simd)]
+        else:
+            pairs = [(a_x[p // self.multiplier], w[p]) for p in range(pe)]
+        m.submodules.products = products = ProductArray(
+            [a for a, _ in pairs], [b for _, b in pairs],
+            signed(self.w_bits + self.in_fmt.bits + 1), dsp=self.dsp_products,
+            family=self.family)
+        for k, product in enumerate(products.p):
+            m.d.comb += b_prod[k].eq(product)
 
         # accumulate (stage C)
         for p in range(pe):

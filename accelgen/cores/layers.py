@@ -64,7 +64,8 @@ class ConvLayer(wiring.Component):
     """Line buffer + MAC/requantize for one convolution or dense layer."""
 
     def __init__(self, layer: QConv | QDense, x: QTensor, y: QTensor, *, pe: int, simd: int,
-                 ol: int, ring_style: str = "block", weight_style: str = "block") -> None:
+                 ol: int, ring_style: str = "block", weight_style: str = "block",
+                 dsp_products: int = 0, family: str | None = None) -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
         c_out = layer.weight.shape[0]
@@ -99,6 +100,7 @@ class ConvLayer(wiring.Component):
             weight=conv_weight(layer, x), w_bits=layer.w_bits, acc_bits=layer.acc_bits,
             requant=Requant(layer.bias, layer.shift, layer.lo, layer.hi), pe=pe,
             folds_per_pixel=folds, pixels=oh * ow, weight_style=weight_style,
+            dsp_products=dsp_products, family=family,
         )
         super().__init__({"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)})
 
