@@ -67,10 +67,11 @@ def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan,
                          ol=sp.lanes_out, ring_style=sp.style(sp.ring_memory),
                          weight_style=sp.style(sp.weight_memory),
                          dsp_products=min(sp.multipliers, sp.dsp_blocks * per_block),
-                         family=None if device is None else device.family)
+                         family=None if device is None else device.family,
+                         compact=sp.compact_ring)
     if isinstance(layer, (QMaxPool, QAvgPool)):
         return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in,
-                         ring_style=sp.style(sp.ring_memory))
+                         ring_style=sp.style(sp.ring_memory), compact=sp.compact_ring)
     if isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
         mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
         return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in),

@@ -26,19 +26,20 @@ def fmt_of(t: QTensor, lanes: int) -> Format:
     return Format(h, w, c, t.bits, t.signed, lanes)
 
 
-def conv_geometry(layer: QConv | QDense, x: QTensor, lanes: int) -> WindowGeometry:
+def conv_geometry(layer: QConv | QDense, x: QTensor, lanes: int,
+                  compact: bool = False) -> WindowGeometry:
     """The window a layer reads. A pointwise convolution (1x1, stride 1, no padding) reads the
     image as H*W rows of one pixel — the same raster order — so its line buffer holds two
     pixels instead of two rows."""
     fmt = fmt_of(x, lanes)
     if isinstance(layer, QDense):
-        return WindowGeometry(fmt, (fmt.height, fmt.width), (1, 1), (0, 0, 0, 0))
+        return WindowGeometry(fmt, (fmt.height, fmt.width), (1, 1), (0, 0, 0, 0), False, compact)
     if layer.dilation != (1, 1):
         raise ShapeError(f"{layer.name!r}: dilated convolutions are not supported by the pipeline")
     if layer.kernel == (1, 1) and layer.stride == (1, 1) and not any(layer.padding):
         flat = Format(fmt.height * fmt.width, 1, fmt.channels, fmt.bits, fmt.signed, lanes)
-        return WindowGeometry(flat, (1, 1), (1, 1), (0, 0, 0, 0))
-    return WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding)
+        return WindowGeometry(flat, (1, 1), (1, 1), (0, 0, 0, 0), False, compact)
+    return WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, False, compact)
 
 
 def conv_weight(layer: QConv | QDense, x: QTensor) -> np.ndarray:
@@ -65,7 +66,8 @@ class ConvLayer(wiring.Component):
 
     def __init__(self, layer: QConv | QDense, x: QTensor, y: QTensor, *, pe: int, simd: int,
                  ol: int, ring_style: str = "block", weight_style: str = "block",
-                 dsp_products: int = 0, family: str | None = None) -> None:
+                 dsp_products: int = 0, family: str | None = None,
+                 compact: bool = False) -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
         c_out = layer.weight.shape[0]
@@ -84,7 +86,7 @@ class ConvLayer(wiring.Component):
         if x.shape[2] % lanes:
             raise ShapeError(f"{layer.name!r}: {lanes} input lanes do not divide {x.shape[2]} "
                              f"channels")
-        self.geometry = conv_geometry(layer, x, lanes)
+        self.geometry = conv_geometry(layer, x, lanes, compact)
         self.in_fmt = fmt_of(x, lanes)
         self.out_fmt = fmt_of(y, ol)
         oh, ow = self.geometry.out_hw
@@ -128,13 +130,13 @@ class PoolLayer(wiring.Component):
     """Line buffer + max/average datapath for one windowed `QMaxPool` / `QAvgPool`."""
 
     def __init__(self, layer: QMaxPool | QAvgPool, x: QTensor, y: QTensor, *, lanes: int,
-                 ring_style: str = "block") -> None:
+                 ring_style: str = "block", compact: bool = False) -> None:
         if layer.dilation != (1, 1):
             raise ShapeError(f"{layer.name!r}: dilated pooling is not supported by the pipeline")
         self.layer = layer
         self.in_fmt = fmt_of(x, lanes)
         self.geometry = WindowGeometry(self.in_fmt, layer.kernel, layer.stride, layer.padding,
-                                       layer.ceil_mode)
+                                       layer.ceil_mode, compact)
         if self.geometry.out_hw != y.shape[:2]:
             raise ShapeError(f"{layer.name!r}: window gives {self.geometry.out_hw}, tensor is "
                              f"{y.shape}")

@@ -61,6 +61,9 @@ class WindowGeometry:
     stride: Pair
     padding: Padding
     ceil_mode: bool = False
+    compact: bool = False
+    """Hold only the window's rows (``kh``): less memory, but the writer waits for the reader
+    at every output row (the scheduler picks it for stages with cycles to spare)."""
 
     def __post_init__(self) -> None:
         if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
@@ -82,8 +85,8 @@ class WindowGeometry:
         """Rows held: the window's rows plus one stride of rows being written meanwhile; a
         window that spans the whole image height (a dense layer) is double-buffered."""
         if self.out_hw[0] == 1:
-            return 2 * self.kernel[0]
-        return self.kernel[0] + self.stride[0]
+            return self.kernel[0] if self.compact else 2 * self.kernel[0]
+        return self.kernel[0] if self.compact else self.kernel[0] + self.stride[0]
 
     def row_needs(self) -> list[tuple[int, int]]:
         """Per output row: (input rows that must be written, rows still needed afterwards)."""

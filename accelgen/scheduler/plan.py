@@ -59,6 +59,7 @@ class StagePlan:
     weight_memory: str  # "none", "logic", "bram", "spram"
     resources: Resources
     ring_memory: str = "none"  # the line buffer: "none", "logic", "bram"
+    compact_ring: bool = False  # the line buffer holds only the window's rows
     aux_memory: str = "none"  # a global pool's running sums
 
     def style(self, placement: str) -> str:

@@ -23,6 +23,7 @@ needs and what would make it fit.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -60,6 +61,10 @@ class DoesNotFit(AccelgenError):
         self.suggestions = suggestions
 
 
+BRAM_COST = 200  # LUT-equivalent cost of a block RAM when comparing options
+MAX_LOGIC_MOVE_BITS = 4096  # block memories up to this size may move to LUTs/FFs when BRAM is short
+
+
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -80,6 +85,7 @@ class Option:
     fixed: Resources  # everything but multipliers and the weight memory
     ring: rmodel.Memory | None = None
     aux: rmodel.Memory | None = None
+    compact: bool = False
 
 
 def _fmt(t: QTensor, lanes: int) -> Format:
@@ -119,10 +125,12 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
         choices = [(lanes * mult, lanes) for lanes in divisors(c_in)]
     else:
         choices = [(pe, simd) for pe in divisors(c_out) for simd in divisors(c_in)]
-    for pe, simd in choices:
+    for (pe, simd), compact in itertools.product(choices, (False, True)):
         lanes = simd
         fmt = _fmt(x, lanes)
-        g = conv_geometry(layer, x, lanes)
+        g = conv_geometry(layer, x, lanes, compact)
+        if compact and g.ring_rows == conv_geometry(layer, x, lanes).ring_rows:
+            continue
         if mode == "depthwise":
             beats_per_fold, folds, products = kh * kw, c_in // lanes, pe
         else:
@@ -145,7 +153,8 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
         words = len(range(folds * beats_per_fold))
         weights = rmodel.place(dev, "weights", words, products * layer.w_bits)
         options.append(Option(pe, simd, lanes, ol, cycles, macs, products,
-                              (x.bits, layer.w_bits), weights, res + Resources(lut, ff), ring))
+                              (x.bits, layer.w_bits), weights, res + Resources(lut, ff), ring,
+                              compact=compact))
     return options
 
 
@@ -155,11 +164,13 @@ def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option
     y = qg.tensors[layer.output]
     c = x.shape[2]
     options = []
-    for lanes in divisors(c):
+    windowed = isinstance(layer, (QMaxPool, QAvgPool))
+    for lanes, compact in itertools.product(divisors(c), (False, True) if windowed else (False,)):
         fmt = _fmt(x, lanes)
         ring = aux = None
-        if isinstance(layer, (QMaxPool, QAvgPool)):
-            g = WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, layer.ceil_mode)
+        if windowed:
+            g = WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, layer.ceil_mode,
+                               compact)
             res, ring = _window_costs(dev, g)
             cycles = g.steady_cycles(g.row_read_cycles(), g.row_words)
             per_lane = 3 * x.bits if isinstance(layer, QMaxPool) else 12 * x.bits
@@ -183,7 +194,8 @@ def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option
                 f"{layer.op} {layer.name!r} has no stage in the streaming pipeline template "
                 f"(supported: conv, depthwise, pointwise, dense, pools, residual add, clamp)"
             )
-        options.append(Option(lanes, 1, lanes, lanes, cycles, 0, 0, (0, 0), None, res, ring, aux))
+        options.append(Option(lanes, 1, lanes, lanes, cycles, 0, 0, (0, 0), None, res, ring, aux,
+                              compact))
     return options
 
 
@@ -243,8 +255,28 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
                 placements[i] = replace(mem, placement="spram", blocks=blocks)
                 spram_left -= blocks
                 bram_used -= mem.blocks
+    # still over: the smallest block memories (weights, then line buffers) move to logic
+    rings = [opt.ring for opt in chosen]
+    if bram_used > dev.bram_blocks:
+        movable = [("weights", i, m) for i, m in enumerate(placements)
+                   if m is not None and m.placement == "bram"]
+        movable += [("ring", i, m) for i, m in enumerate(rings)
+                    if m is not None and m.placement == "bram"]
+        movable.sort(key=lambda t: (t[2].bits, t[0] != "weights"))
+        for kind, i, mem in movable:
+            if bram_used <= dev.bram_blocks:
+                break
+            if mem.bits > MAX_LOGIC_MOVE_BITS:
+                continue
+            moved = replace(mem, placement="logic", blocks=0)
+            if kind == "weights":
+                placements[i] = moved
+            else:
+                rings[i] = moved
+            bram_used -= mem.blocks
     stages = []
-    for layer, opt, dsps, mem in zip(layers, chosen, dsp_blocks, placements, strict=True):
+    for layer, opt, dsps, mem, ring in zip(layers, chosen, dsp_blocks, placements, rings,
+                                           strict=True):
         per_block = dev.dsp_products(*opt.mult_bits) or 1
         lut_mults = max(0, opt.multipliers - dsps * per_block)
         res = opt.fixed + Resources(lut=lut_mults * lut_multiplier_cost(model, opt), dsp=dsps)
@@ -252,12 +284,16 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             lut, ff = rmodel.logic_memory(model, mem)
             res = res + Resources(lut, ff, mem.blocks if mem.placement == "bram" else 0,
                                   mem.blocks if mem.placement == "spram" else 0)
+        if ring is not None and opt.ring is not None and ring.placement != opt.ring.placement:
+            lut, ff = rmodel.logic_memory(model, ring)
+            res = res + Resources(lut, ff, -opt.ring.blocks)
         stages.append(StagePlan(
             layer=layer.name, kind=_kind(layer, qg), pe=opt.pe, simd=opt.simd,
             lanes_in=opt.lanes_in, lanes_out=opt.lanes_out, cycles=opt.cycles, macs=opt.macs,
             multipliers=opt.multipliers, dsp_blocks=dsps,
             weight_memory="none" if mem is None else mem.placement, resources=res,
-            ring_memory="none" if opt.ring is None else opt.ring.placement,
+            ring_memory="none" if ring is None else ring.placement,
+            compact_ring=opt.compact,
             aux_memory="none" if opt.aux is None else opt.aux.placement,
         ))
     return stages
@@ -378,11 +414,11 @@ def _cheapest(options: list[Option], ii: float, dev: Device) -> Option | None:
 
     def cost(o: Option) -> float:
         mem = o.weights
-        mem_cost = 0.0 if mem is None else (mem.blocks * 200 if mem.placement != "logic"
+        mem_cost = 0.0 if mem is None else (mem.blocks * BRAM_COST if mem.placement != "logic"
                                             else mem.bits)
         dsp_share = dev.dsp_products(*o.mult_bits) if o.multipliers else 0
         mult = o.multipliers * (40 if dsp_share else lut_multiplier_cost(model, o))
-        return o.fixed.lut + mult + mem_cost + 0.2 * o.fixed.ff
+        return o.fixed.lut + mult + mem_cost + 0.2 * o.fixed.ff + BRAM_COST * o.fixed.bram
 
     return min(ok, key=cost)
 
