@@ -577,7 +577,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--layer-bits", default=None, metavar="NAME=B,...",
                    help="per-layer bit widths (weights and output)")
     s.add_argument("--calibration", choices=("kl", "max", "percentile"), default="kl")
-    s.add_argument("--rounding", choices=("nearest", "stochastic"), default="nearest")
+    s.add_argument("--rounding", choices=("nearest", "stochastic", "adaptive"), default="nearest",
+                   help="weight rounding; adaptive minimises each layer's output error on the "
+                   "calibration data (recommended below 8 bits)")
     s.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")
     s.add_argument("--eval-data", default=None, metavar="FILE.npz")

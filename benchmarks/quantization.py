@@ -8,7 +8,7 @@ subset drawn from the training set.
 
 Tables:
 1. accuracy at 16/8/6/4 bits (weights and activations), 4-bit weights with 8-bit activations,
-   KL vs max vs percentile, nearest vs stochastic rounding; weight image in bytes;
+   KL vs max vs percentile, nearest vs stochastic vs adaptive rounding; weight image in bytes;
 2. the peer: onnxruntime `quantize_static` at 8 bits (QDQ, int8, per-channel weights) with
    MinMax, with Entropy as `quantize_static` reaches it (128 bins), and with a real entropy
    calibrator (`create_calibrator(..., extra_options={"num_bins": 2048})`, its ranges fed back
@@ -48,6 +48,13 @@ CONFIGS = [
     ("8-bit, KL, stochastic rounding (seed 1)", QuantConfig(rounding="stochastic", seed=1)),
     ("4-bit, KL, stochastic rounding (seed 0)", QuantConfig(weight_bits=4, act_bits=4,
                                                           rounding="stochastic")),
+    ("8-bit, KL, adaptive rounding", QuantConfig(rounding="adaptive")),
+    ("6-bit, KL, adaptive rounding", QuantConfig(weight_bits=6, act_bits=6,
+                                                 rounding="adaptive")),
+    ("4-bit, KL, adaptive rounding", QuantConfig(weight_bits=4, act_bits=4,
+                                                 rounding="adaptive")),
+    ("4-bit weights, 8-bit activations, KL, adaptive rounding",
+     QuantConfig(weight_bits=4, act_bits=8, rounding="adaptive")),
 ]
 
 

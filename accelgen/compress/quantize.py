@@ -6,7 +6,8 @@ Power-of-two fixed point throughout (DESIGN.md, "Integer arithmetic contract"):
   (KL divergence, max, or a percentile), then the fractional length from `best_frac`; tensors
   after ReLU/ReLU6 are unsigned; pools and pads keep their input's format;
 * weights: one fractional length per output channel (least rounding error), rounded to nearest
-  or stochastically with a fixed seed (seed 001); biases at the accumulator scale;
+  stochastically with a fixed seed (seed 001), or adaptively (`adaptive`: least output error
+  on the calibration data, with bias correction); biases at the accumulator scale;
 * bit widths 2..16 globally (`weight_bits`, `act_bits`) with per-layer overrides; the model's
   input and its logits use `io_bits` (default: at least 8), and the logits are never clipped
   (their threshold is their maximum) so the arg-max survives;
@@ -25,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from accelgen import reference
-from accelgen.compress import calibrate
+from accelgen import golden, reference
+from accelgen.compress import adaptive, calibrate
 from accelgen.errors import UnsupportedError, UsageError
 from accelgen.ir import (
     Add,
@@ -69,7 +70,8 @@ from accelgen.quantized import (
 
 CALIBRATION_METHODS = ("kl", "max", "percentile")
 MAX_CHANNEL_FRAC_SPREAD = 12
-ROUNDING_MODES = ("nearest", "stochastic")
+ADAPTIVE_IMAGES = 512  # calibration images adaptive rounding follows through the layers
+ROUNDING_MODES = ("nearest", "stochastic", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ class QuantConfig:
                 f"calibration {self.calibration!r}; choose one of {', '.join(CALIBRATION_METHODS)}"
             )
         if self.rounding not in ROUNDING_MODES:
-            raise UsageError(f"rounding {self.rounding!r}; choose {' or '.join(ROUNDING_MODES)}")
+            raise UsageError(
+                f"rounding {self.rounding!r}; choose one of {', '.join(ROUNDING_MODES)}"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise UsageError(f"percentile {self.percentile!r} must be in (50, 100]")
 
@@ -298,6 +302,8 @@ def quantize(
     }
     unannotated = {t for t in needs if graph.tensors[t].quant is None}
     have_data = calibration_data is not None and len(calibration_data) > 0
+    if config.rounding == "adaptive" and not have_data:
+        raise UsageError("adaptive rounding needs calibration data (--calib-data FILE.npz)")
     if unannotated and not have_data:
         raise UsageError(
             "quantization needs calibration data (--calib-data FILE.npz, or --calib-data random)"
@@ -341,6 +347,18 @@ def quantize(
         return qtensors[name]
 
     qt(gi.tensor)
+    # adaptive rounding follows the calibration sample through the quantized layers built so far
+    floats: dict[str, np.ndarray] = {}
+    codes: dict[str, np.ndarray] = {}
+    readers: dict[str, int] = {}
+    if config.rounding == "adaptive":
+        sample = np.asarray(calibration_data)[:ADAPTIVE_IMAGES]
+        weighted = {u.main.inputs[0] for u in units if isinstance(u.main, (Conv2d, Dense))}
+        floats = adaptive.float_inputs(graph, gi, sample, weighted, config.batch)
+        codes[gi.tensor] = qt(gi.tensor).quantize(reference.prepare_input(gi, sample))
+        for u in units:
+            for name in u.main.inputs:
+                readers[name] = readers.get(name, 0) + 1
     layers: list[QLayer] = []
     report_layers = []
     for u in units:
@@ -365,9 +383,14 @@ def quantize(
         out = qt(u.output)
         lo, hi = _act_bounds(u.activation, out)
         if isinstance(main, (Conv2d, Dense)):
-            layer, info = _weighted(main, u, ins[0], out, w_bits, config, rng, lo, hi)
+            moments = None
+            if codes:
+                x_q = codes[main.inputs[0]].astype(np.float64) * 2.0 ** -ins[0].frac
+                moments = adaptive.InputMoments.of(main, floats.pop(main.inputs[0]), x_q)
+            layer, info = _weighted(main, u, ins[0], out, w_bits, config, rng, lo, hi, moments)
             layers.append(layer)
             report_layers.append(info)
+            _follow(layer, qtensors, codes, readers)
             continue
         if isinstance(main, Add):
             fmax = max(t.frac for t in ins)
@@ -400,6 +423,7 @@ def quantize(
             raise UnsupportedError(f"{main.op} {main.name!r} has no integer form yet")
         layers.append(layer)
         report_layers.append({"layer": main.name, "op": layer.op, "out": out.describe()})
+        _follow(layer, qtensors, codes, readers)
 
     inputs = (_qinput(graph),)
     outputs = []
@@ -425,6 +449,18 @@ def quantize(
     return qg, {"layers": report_layers, "tensors": meta["tensors"]}
 
 
+def _follow(layer: QLayer, tensors: dict[str, QTensor], codes: dict[str, np.ndarray],
+            readers: dict[str, int]) -> None:
+    """Advance the adaptive-rounding sample through `layer`, dropping inputs no longer read."""
+    if not codes:
+        return
+    codes[layer.output] = golden.run_layer(layer, tensors, *(codes[t] for t in layer.inputs))
+    for name in layer.inputs:
+        readers[name] -= 1
+        if readers[name] == 0:
+            del codes[name]
+
+
 def _act_name(act: Relu | Clip | None) -> str:
     if act is None:
         return "none"
@@ -446,18 +482,24 @@ def _qinput(graph: Graph) -> QInput:
 
 def _weighted(
     main: Conv2d | Dense, u: Unit, x: QTensor, out: QTensor, w_bits: int, config: QuantConfig,
-    rng: np.random.Generator, lo: int, hi: int,
+    rng: np.random.Generator, lo: int, hi: int, moments: adaptive.InputMoments | None = None,
 ) -> tuple[QLayer, dict]:
     w = main.weight
-    fracs = None
     note = ""
     if main.weight_quant is not None:
         # the model's bit width; the fractional lengths are re-chosen on its (exact) weights
         w_bits = min(max(main.weight_quant.bits, MIN_BITS), MAX_BITS)
         note = "bit width from the model"
-    q, fracs = quantize_weights(w, w_bits, config.rounding, rng, fracs)
+    bias_f = main.bias.astype(np.float64)
+    q, fracs = quantize_weights(w, w_bits, "nearest" if moments else config.rounding, rng)
+    if moments is not None:
+        qmax = (1 << (w_bits - 1)) - 1
+        cap = calibrate.weight_frac(w.reshape(w.shape[0], -1), qmax) + MAX_CHANNEL_FRAC_SPREAD
+        groups = main.groups if isinstance(main, Conv2d) else 1
+        q, fracs, correction = adaptive.round_weights(w, groups, w_bits, fracs, moments, cap)
+        bias_f = bias_f + correction
     acc_frac = x.frac + fracs
-    bias = np.floor(main.bias.astype(np.float64) * np.exp2(acc_frac.astype(np.float64)) + 0.5)
+    bias = np.floor(bias_f * np.exp2(acc_frac.astype(np.float64)) + 0.5)
     bias = bias.astype(np.int64)
     shift = tuple(int(f) for f in acc_frac - out.frac)
     lo_acc, hi_acc = accumulator_bounds(q, bias, x)
