@@ -6,6 +6,9 @@ Ports:
   quantized the real input into the input tensor's format);
 * ``o``: the logits as pixel beats (the last layer's output lanes);
 * ``cls``: the index of the largest logit, one beat per image;
+* ``load``: the weight image of the stages whose weights sit in run-time-loaded RAM (iCE40
+  SPRAM), one byte per cycle, before the first image (`load_bytes`, `weight_image`); ``loaded``
+  rises when it is complete (at once when there is nothing to load);
 * ``latency``: cycles from the first input beat of the last image to its last logit beat (taken
   while no other image is in flight: the hardware counter the host link reads), and
   ``images``: images completed.
@@ -31,6 +34,7 @@ from accelgen.cores.pool import AddStage, ArgMax, ClampStage, GlobalPoolStage
 from accelgen.cores.streams import Broadcast, StreamFifo, WidthConverter
 from accelgen.devices import Device
 from accelgen.errors import UnsupportedError
+from accelgen.memory.loader import LoadTarget, WeightLoader
 from accelgen.quantized import (
     QAdd,
     QAvgPool,
@@ -121,14 +125,29 @@ class Accelerator(wiring.Component):
         self.stages = {la.name: build_stage(la, qg, plan.stage(la.name), plan.device)
                        for la in qg.layers}
         self.argmax = ArgMax(self.out_fmt)
-        cls_bits = max(1, (self.argmax.classes - 1).bit_length())
+        self.cls_bits = max(1, (self.argmax.classes - 1).bit_length())
+        self.loadable = [(name, comp) for name, comp in self.stages.items()
+                         if getattr(comp, "mac", None) is not None and comp.mac.loadable]
+        self.loader = WeightLoader([LoadTarget(len(comp.mac.rom), comp.mac.word_bits)
+                                    for _, comp in self.loadable])
         super().__init__({
             "i": In(self.in_fmt.signature),
             "o": Out(self.out_fmt.signature),
-            "cls": Out(stream.Signature(unsigned(cls_bits))),
+            "cls": Out(stream.Signature(unsigned(self.cls_bits))),
             "latency": Out(32),
             "images": Out(32),
+            "load": In(stream.Signature(8, always_ready=True)),
+            "loaded": Out(1),
         })
+
+    @property
+    def load_bytes(self) -> int:
+        """Bytes of the weight image the host must send through ``load`` before inference."""
+        return self.loader.total_bytes
+
+    def weight_image(self) -> bytes:
+        """The run-time-loaded weights (SPRAM), in the loader's order (`memory.loader`)."""
+        return b"".join(comp.mac.weight_bytes() for _, comp in self.loadable)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -136,6 +155,11 @@ class Accelerator(wiring.Component):
         for k, (name, comp) in enumerate(self.stages.items()):
             m.submodules[f"s{k}_{_ident(name)[-24:]}"] = comp
         m.submodules.argmax = self.argmax
+        m.submodules.loader = self.loader
+        wiring.connect(m, wiring.flipped(self.load), self.loader.i)
+        m.d.comb += self.loaded.eq(self.loader.done)
+        for k, (_, comp) in enumerate(self.loadable):
+            wiring.connect(m, self.loader.port(k), comp.load)
 
         # producer stream and lanes of every tensor
         sources: dict[str, tuple[object, int]] = {

@@ -58,20 +58,25 @@ async def get(ctx, port, n: int, out: list, rng: random.Random, busy: float = 0.
 
 
 def run(dut, inputs: dict, outputs: dict, seed: int = 0, idle: float = 0.3,
-        busy: float = 0.3, deadline: int = 2_000_000) -> dict[str, list]:
+        busy: float = 0.3, deadline: int = 2_000_000, setup=None) -> dict[str, list]:
     """Simulate `dut`: `inputs` maps port name -> beats, `outputs` maps port name -> count.
 
     Returns the received payloads per output port, plus "_cycles": the cycle of each output's
-    last beat. A deadlock shows as a timeout (AssertionError), never as a hang.
+    last beat. A deadlock shows as a timeout (AssertionError), never as a hang. `setup(ctx)`,
+    if given, runs to completion before any input beat (e.g. loading weights).
     """
     sim = Simulator(dut)
     sim.add_clock(1e-6)
     received: dict[str, list] = {name: [] for name in outputs}
     stamps: dict[str, list] = {name: [] for name in outputs}
+    if setup is not None and len(inputs) != 1:
+        raise ValueError("setup needs exactly one input stream")
     for k, (name, beats) in enumerate(inputs.items()):
         port = getattr(dut, name) if isinstance(name, str) else name
 
         async def driver(ctx, port=port, beats=beats, k=k) -> None:
+            if setup is not None:
+                await setup(ctx)
             await put(ctx, port, beats, random.Random(seed * 101 + k), idle, deadline)
 
         sim.add_testbench(driver)

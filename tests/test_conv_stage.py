@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accelgen import golden
+from accelgen.cores.conv import LOADABLE_STYLE
 from accelgen.cores.layers import ConvLayer
 from accelgen.errors import ShapeError
 from accelgen.ir import window_output_size
@@ -52,15 +53,34 @@ def random_layer(rng: np.random.Generator, kind: str, h: int, w: int, c_in: int,
 
 
 def check_layer(layer, x: QTensor, y: QTensor, pe: int, simd: int, ol: int, images: int,
-                seed: int, idle: float = 0.3, busy: float = 0.3) -> tuple[ConvLayer, list]:
+                seed: int, idle: float = 0.3, busy: float = 0.3,
+                loadable: bool = False) -> tuple[ConvLayer, list]:
     rng = np.random.default_rng(seed)
     lo, hi = x.qmin, x.qmax
     images_in = rng.integers(lo, hi + 1, size=(images, *x.shape))
     want = golden.run_layer(layer, {"x": x, "y": y}, images_in)
-    dut = ConvLayer(layer, x, y, pe=pe, simd=simd, ol=ol)
+    dut = ConvLayer(layer, x, y, pe=pe, simd=simd, ol=ol,
+                    weight_style=LOADABLE_STYLE if loadable else "block")
+    assert dut.mac.loadable == loadable
     beats = pixel_beats(images_in, dut.in_fmt.lanes)
     n_out = images * y.size // ol
-    got = run(dut, {"i": beats}, {"o": n_out}, seed=seed, idle=idle, busy=busy)
+    setup = None
+    if loadable:  # the RAM starts empty: write every word, in a shuffled order, first
+        per_word = (dut.mac.word_bits + 7) // 8
+        image = dut.mac.weight_bytes()
+        words = [int.from_bytes(image[a * per_word : (a + 1) * per_word], "little")
+                 for a in range(len(dut.mac.rom))]
+        order = rng.permutation(len(words))
+
+        async def setup(ctx) -> None:
+            for a in order:
+                ctx.set(dut.load.addr, int(a))
+                ctx.set(dut.load.data, words[a])
+                ctx.set(dut.load.en, 1)
+                await ctx.tick()
+            ctx.set(dut.load.en, 0)
+
+    got = run(dut, {"i": beats}, {"o": n_out}, seed=seed, idle=idle, busy=busy, setup=setup)
     hw = beats_to_images(got["o"], images, *y.shape)
     np.testing.assert_array_equal(hw, want)
     assert [b.last for b in got["o"]][-1] == 1
@@ -93,7 +113,8 @@ def conv_cases(draw: st.DrawFn) -> dict:
                 pe=pe, simd=simd, ol=ol, bits_in=draw(st.integers(2, 16)),
                 signed_in=draw(st.booleans()), w_bits=draw(st.integers(2, 16)),
                 bits_out=draw(st.integers(2, 16)), signed_out=draw(st.booleans()),
-                activation=draw(st.sampled_from(["none", "relu", "clip"])))
+                activation=draw(st.sampled_from(["none", "relu", "clip"])),
+                loadable=draw(st.booleans()))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,7 +125,8 @@ def test_conv_layers_bit_exact(case: dict, seed: int) -> None:
         rng, case["kind"], case["h"], case["w"], case["c_in"], case["c_out"], case["k"],
         case["stride"], case["pad"], case["bits_in"], case["signed_in"], case["w_bits"],
         case["bits_out"], case["signed_out"], case["activation"])
-    check_layer(layer, x, y, case["pe"], case["simd"], case["ol"], images=2, seed=seed)
+    check_layer(layer, x, y, case["pe"], case["simd"], case["ol"], images=2, seed=seed,
+                loadable=case["loadable"])
 
 
 @pytest.mark.parametrize(("kind", "pe", "simd", "ol"), [
@@ -124,6 +146,8 @@ def test_conv_cycle_model_within_5_percent(kind: str, pe: int, simd: int, ol: in
     assert abs(steady - model) <= 0.05 * model, (steady, model)
 
 
+# a constructor that refuses its arguments leaves a half-built Elaboratable behind
+@pytest.mark.filterwarnings("ignore::amaranth._unused.UnusedElaboratable")
 def test_parallelism_rules_quote_the_bad_value() -> None:
     rng = np.random.default_rng(0)
     layer, x, y = random_layer(rng, "conv", 4, 4, 4, 6, (3, 3), (1, 1), (1, 1, 1, 1), 8, True,

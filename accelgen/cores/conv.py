@@ -38,6 +38,16 @@ from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import window_layout
 
 FOLD_DRAIN = 3  # cycles between a fold's last beat entering and its shadow being loaded
+LOADABLE_STYLE = "huge"  # the ram_style of weights in SPRAM: filled at run time
+
+
+def weight_write_signature(depth: int, word_bits: int) -> wiring.Signature:
+    """One word written per cycle with ``en`` (the loader's side drives every member)."""
+    return wiring.Signature({
+        "addr": Out(range(max(depth, 2))),
+        "data": Out(word_bits),
+        "en": Out(1),
+    })
 
 
 @dataclass(frozen=True)
@@ -130,10 +140,40 @@ class ConvStage(wiring.Component):
         # width is the proved range of that sum (partial sums lie inside it too)
         self.sum_bits = sum_bits(np.asarray(weight, np.int64), in_fmt)
         self.acc_bits = acc_bits  # the shape description's width, bias included
-        super().__init__({
+        members = {
             "i": In(stream.Signature(window_layout(in_fmt))),
             "o": Out(out_fmt.signature),
-        })
+        }
+        if self.loadable:
+            members["load"] = In(weight_write_signature(len(self.rom), self.word_bits))
+        super().__init__(members)
+
+    # -- weights loaded at run time (SPRAM cannot be initialised by the bitstream) -------------
+    @property
+    def loadable(self) -> bool:
+        """Weights in single-port RAM that the host fills through ``load`` before inference."""
+        return self.weight_style == LOADABLE_STYLE
+
+    @property
+    def n_products(self) -> int:
+        return self.pe * self.simd if self.mode == "dense" else self.pe
+
+    @property
+    def word_bits(self) -> int:
+        return self.n_products * self.w_bits
+
+    def weight_bytes(self) -> bytes:
+        """The weight words in address order, each little-endian in ceil(word_bits / 8) bytes,
+        product k of a word at bits ``[k * w_bits, (k + 1) * w_bits)`` (two's complement)."""
+        per_word = (self.word_bits + 7) // 8
+        mask = (1 << self.w_bits) - 1
+        out = bytearray()
+        for word in self.rom:
+            value = 0
+            for k, v in enumerate(word):
+                value |= (int(v) & mask) << (k * self.w_bits)
+            out += value.to_bytes(per_word, "little")
+        return bytes(out)
 
     # -- layout of the weight ROM: one word per accepted beat, in stream order ----------------
     def _rom_words(self, w: np.ndarray) -> list[list[int]]:
@@ -183,11 +223,26 @@ class ConvStage(wiring.Component):
         wshape = signed(self.w_bits)
         acc_shape = signed(self.sum_bits)
 
-        m.submodules.weights = rom = Memory(
-            shape=data.ArrayLayout(wshape, n_products), depth=len(self.rom), init=self.rom,
-            attrs={"ram_style": self.weight_style})
-        wport = rom.read_port()
+        layout = data.ArrayLayout(wshape, n_products)
         waddr = Signal(range(len(self.rom)))
+        if self.loadable:
+            # single-port RAM: the loader's writes and the MAC's reads share one address
+            m.submodules.weights = rom = Memory(shape=layout, depth=len(self.rom), init=[],
+                                                attrs={"ram_style": self.weight_style})
+            wport = rom.read_port()
+            wr = rom.write_port()
+            shared = Signal.like(waddr)
+            m.d.comb += [
+                shared.eq(Mux(self.load.en, self.load.addr, waddr)),
+                wr.addr.eq(shared), wr.data.eq(self.load.data), wr.en.eq(self.load.en),
+            ]
+            read_addr = shared
+        else:
+            m.submodules.weights = rom = Memory(shape=layout, depth=len(self.rom),
+                                                init=self.rom,
+                                                attrs={"ram_style": self.weight_style})
+            wport = rom.read_port()
+            read_addr = waddr
 
         beat = self.i.payload
         # stage A -> B: the accepted beat, registered; the ROM reads in step
@@ -211,7 +266,7 @@ class ConvStage(wiring.Component):
         m.d.comb += self.i.ready.eq(~beat.end | accept_end)
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
-        m.d.comb += wport.addr.eq(waddr)
+        m.d.comb += wport.addr.eq(read_addr)
         with m.If(take):
             m.d.sync += waddr.eq(Mux(waddr == len(self.rom) - 1, 0, waddr + 1))
         m.d.sync += [a_valid.eq(take)]

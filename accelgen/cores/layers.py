@@ -104,7 +104,10 @@ class ConvLayer(wiring.Component):
             folds_per_pixel=folds, pixels=oh * ow, weight_style=weight_style,
             dsp_products=dsp_products, family=family,
         )
-        super().__init__({"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)})
+        members = {"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)}
+        if self.mac.loadable:
+            members["load"] = In(self.mac.load.signature.flip())
+        super().__init__(members)
 
     def expected_cycles(self) -> float:
         """Steady-state cycles per image: the window's row protocol, each output position
@@ -123,6 +126,8 @@ class ConvLayer(wiring.Component):
         wiring.connect(m, wiring.flipped(self.i), self.window.i)
         wiring.connect(m, self.window.o, self.mac.i)
         wiring.connect(m, self.mac.o, wiring.flipped(self.o))
+        if self.mac.loadable:
+            wiring.connect(m, wiring.flipped(self.load), self.mac.load)
         return m
 
 

@@ -1,6 +1,7 @@
 """Simulating a generated accelerator in Amaranth's Python simulator.
 
-`simulate` streams images into an `Accelerator`, collects the logits and classes, and measures
+`simulate` first loads the run-time weights (SPRAM) through ``load``, then streams images into
+an `Accelerator`, collects the logits and classes, and measures
 cycles: each image's *latency* (its first input beat to its last logit beat, images sent one
 after another with no overlap) or, with ``back_to_back``, the steady-state *interval* between
 consecutive images' last logit beats. Optional seeded random backpressure (input gaps, output
@@ -79,6 +80,15 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
                 )
 
     async def feeder(ctx) -> None:
+        image = acc.weight_image()
+        for byte in image:  # run-time-loaded weights first, as the host link does
+            ctx.set(acc.load.payload, byte)
+            ctx.set(acc.load.valid, 1)
+            await ctx.tick()
+        ctx.set(acc.load.valid, 0)
+        if image and not ctx.get(acc.loaded):
+            raise SimulationError(f"the loader took {len(image)} bytes but is not done")
+        state["load_cycles"] = state["cycle"]
         for k, beats in enumerate(images):
             if not back_to_back:
                 while len(out_end) < k:
