@@ -8,7 +8,8 @@ Ports:
 * ``cls``: the index of the largest logit, one beat per image;
 * ``load``: the weight image of the stages whose weights sit in run-time-loaded RAM (iCE40
   SPRAM), one byte per cycle, before the first image (`load_bytes`, `weight_image`); ``loaded``
-  rises when it is complete (at once when there is nothing to load);
+  rises when it is complete (at once when there is nothing to load); ``load_restart`` starts
+  the image over (the host link's LOAD_BEGIN);
 * ``latency``: cycles from the first input beat of the last image to its last logit beat (taken
   while no other image is in flight: the hardware counter the host link reads), and
   ``images``: images completed.
@@ -137,6 +138,7 @@ class Accelerator(wiring.Component):
             "latency": Out(32),
             "images": Out(32),
             "load": In(stream.Signature(8, always_ready=True)),
+            "load_restart": In(1),
             "loaded": Out(1),
         })
 
@@ -157,7 +159,7 @@ class Accelerator(wiring.Component):
         m.submodules.argmax = self.argmax
         m.submodules.loader = self.loader
         wiring.connect(m, wiring.flipped(self.load), self.loader.i)
-        m.d.comb += self.loaded.eq(self.loader.done)
+        m.d.comb += [self.loaded.eq(self.loader.done), self.loader.restart.eq(self.load_restart)]
         for k, (_, comp) in enumerate(self.loadable):
             wiring.connect(m, self.loader.port(k), comp.load)
 

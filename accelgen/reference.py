@@ -222,7 +222,8 @@ def prepare_input(gi: GraphInput, x: Array) -> Array:
                 f"input {gi.onnx_name!r} holds values up to {big:.3g}, beyond the float32 range "
                 f"accelgen computes in"
             )
-    return gi.to_ir(x)
+    # contiguous: the layout transpose leaves a strided view that slows the first layer
+    return np.ascontiguousarray(gi.to_ir(x))
 
 
 def run(

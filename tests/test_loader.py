@@ -78,3 +78,51 @@ def test_nothing_to_load_is_done_at_once() -> None:
     sim.add_testbench(bench)
     sim.run()
     assert seen == [1] and dut.total_bytes == 0
+
+
+def test_restart_starts_the_image_over() -> None:
+    """A load interrupted part-way (a bad frame on the link) is restarted from its first byte:
+    every word ends up written with the second pass's value, and done rises only then."""
+    targets = [LoadTarget(3, 12), LoadTarget(2, 8)]
+    dut = WeightLoader(targets)
+    image = bytes(range(1, dut.total_bytes + 1))
+    partial = bytes([0xEE] * 5)
+    memory: dict[tuple[int, int], int] = {}
+    done_trace: list[int] = []
+
+    async def bench(ctx) -> None:
+        async def send(byte: int) -> None:
+            ctx.set(dut.i.payload, byte)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+            ctx.set(dut.i.valid, 0)
+
+        for b in partial:
+            await send(b)
+        ctx.set(dut.restart, 1)
+        await ctx.tick()
+        ctx.set(dut.restart, 0)
+        done_trace.append(ctx.get(dut.done))
+        for b in image:
+            done_trace.append(ctx.get(dut.done))
+            await send(b)
+        done_trace.append(ctx.get(dut.done))
+
+    async def watch(ctx) -> None:
+        while True:
+            _, _, *vals = await ctx.tick().sample(dut.w0.en, dut.w0.addr, dut.w0.data,
+                                                   dut.w1.en, dut.w1.addr, dut.w1.data)
+            for k in range(2):
+                en, addr, data = vals[3 * k : 3 * k + 3]
+                if en:
+                    memory[(k, int(addr))] = int(data)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.add_testbench(watch, background=True)
+    sim.run()
+    expect = {(0, a): int.from_bytes(image[2 * a : 2 * a + 2], "little") & 0xFFF for a in range(3)}
+    expect |= {(1, a): image[6 + a] for a in range(2)}
+    assert memory == expect
+    assert done_trace[:-1] == [0] * (len(image) + 1) and done_trace[-1] == 1

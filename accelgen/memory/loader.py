@@ -7,8 +7,8 @@ byte stream, and the loader writes one word per completed group of bytes.
 Image format: the targets in order; for each, its words in address order; each word
 little-endian in ``ceil(word_bits / 8)`` bytes (the stage's own packing, see
 `ConvStage.weight_bytes`). The loader takes one byte per cycle (``i.ready`` is always high) and
-raises ``done`` after the image's last byte; further bytes are ignored until a reset, which
-restarts the image (the memories keep their contents).
+raises ``done`` after the image's last byte; further bytes are ignored until ``restart`` (or a
+reset), which starts the image over (the memories keep their contents until rewritten).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class WeightLoader(wiring.Component):
         self.targets = tuple(targets)
         members = {
             "i": In(stream.Signature(8, always_ready=True)),
+            "restart": In(1),
             "done": Out(1),
         }
         for k, t in enumerate(self.targets):
@@ -95,4 +96,6 @@ class WeightLoader(wiring.Component):
                         m.d.sync += addr.eq(addr + 1)
                 with m.Else():
                     m.d.sync += [byte.eq(byte + 1), word.eq(full)]
+        with m.If(self.restart):  # last: overrides this cycle's byte
+            m.d.sync += [target.eq(0), addr.eq(0), byte.eq(0), word.eq(0), done.eq(0)]
         return m
