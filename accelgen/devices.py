@@ -70,14 +70,15 @@ DEVICES: dict[str, Device] = {
                       dsp_max_bits=18, planned_clock_mhz=50.0),
 }
 
-# the board aliases the CLI accepts before the board registry (issue 5) lands
-BOARD_DEVICES = {"ice40": "iCE40UP5K", "ecp5": "LFE5U-85F", "gowin": "GW1NR-9"}
-
-
 def device(name: str) -> Device:
-    key = BOARD_DEVICES.get(name, name)
-    if key not in DEVICES:
+    """The device of a board (a name or alias from `accelgen.boards`) or a device name."""
+    from accelgen import boards
+
+    if boards.is_board(name):
+        return boards.board(name).device
+    if name not in DEVICES:
         raise UsageError(
-            f"unknown board or device {name!r}; known: {', '.join([*BOARD_DEVICES, *DEVICES])}"
+            f"unknown board or device {name!r}; boards: "
+            f"{', '.join([*boards.ALIASES, *boards.BOARDS])}; devices: {', '.join(DEVICES)}"
         )
-    return DEVICES[key]
+    return DEVICES[name]

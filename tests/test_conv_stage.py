@@ -147,7 +147,7 @@ def test_conv_cycle_model_within_5_percent(kind: str, pe: int, simd: int, ol: in
 
 
 # a constructor that refuses its arguments leaves a half-built Elaboratable behind
-@pytest.mark.filterwarnings("ignore::amaranth._unused.UnusedElaboratable")
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_parallelism_rules_quote_the_bad_value() -> None:
     rng = np.random.default_rng(0)
     layer, x, y = random_layer(rng, "conv", 4, 4, 4, 6, (3, 3), (1, 1), (1, 1, 1, 1), 8, True,

@@ -55,7 +55,7 @@ def test_width_converter(lanes: tuple[int, int], seed: int, beats_out: int) -> N
     assert [int(b.last) for b in got["o"]] == [0] * (len(values) // lo - 1) + [1]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth._unused.UnusedElaboratable")
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_width_converter_rejects_unrelated_lanes() -> None:
     with pytest.raises(ShapeError, match="cannot convert 4 lanes to 6"):
         WidthConverter(signed(4), 4, 6)

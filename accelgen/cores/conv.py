@@ -36,6 +36,7 @@ from accelgen.cores.requant import requantize, select_width
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import window_layout
+from accelgen.memory.spram import SinglePortRam
 
 FOLD_DRAIN = 3  # cycles between a fold's last beat entering and its shadow being loaded
 LOADABLE_STYLE = "huge"  # the ram_style of weights in SPRAM: filled at run time
@@ -226,23 +227,22 @@ class ConvStage(wiring.Component):
         layout = data.ArrayLayout(wshape, n_products)
         waddr = Signal(range(len(self.rom)))
         if self.loadable:
-            # single-port RAM: the loader's writes and the MAC's reads share one address
-            m.submodules.weights = rom = Memory(shape=layout, depth=len(self.rom), init=[],
-                                                attrs={"ram_style": self.weight_style})
-            wport = rom.read_port()
-            wr = rom.write_port()
-            shared = Signal.like(waddr)
+            # single-port RAM (iCE40 SPRAM): the loader's writes and the MAC's reads share
+            # one address; a write cycle leaves the read data unchanged
+            m.submodules.weights = ram = SinglePortRam(len(self.rom), layout.size,
+                                                       family=self.family)
             m.d.comb += [
-                shared.eq(Mux(self.load.en, self.load.addr, waddr)),
-                wr.addr.eq(shared), wr.data.eq(self.load.data), wr.en.eq(self.load.en),
+                ram.addr.eq(Mux(self.load.en, self.load.addr, waddr)),
+                ram.wdata.eq(self.load.data), ram.we.eq(self.load.en),
             ]
-            read_addr = shared
+            weights_now = data.View(layout, ram.rdata)
         else:
             m.submodules.weights = rom = Memory(shape=layout, depth=len(self.rom),
                                                 init=self.rom,
                                                 attrs={"ram_style": self.weight_style})
             wport = rom.read_port()
-            read_addr = waddr
+            m.d.comb += wport.addr.eq(waddr)
+            weights_now = wport.data
 
         beat = self.i.payload
         # stage A -> B: the accepted beat, registered; the ROM reads in step
@@ -266,7 +266,6 @@ class ConvStage(wiring.Component):
         m.d.comb += self.i.ready.eq(~beat.end | accept_end)
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
-        m.d.comb += wport.addr.eq(read_addr)
         with m.If(take):
             m.d.sync += waddr.eq(Mux(waddr == len(self.rom) - 1, 0, waddr + 1))
         m.d.sync += [a_valid.eq(take)]
@@ -277,7 +276,7 @@ class ConvStage(wiring.Component):
         # products (stage A registered inputs + ROM word), registered by the product array
         m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_end.eq(a_end),
                      b_last.eq(a_last)]
-        w = wport.data
+        w = weights_now
         if self.mode == "dense":
             pairs = [(a_x[s], w[p * simd + s]) for p in range(pe) for s in range(simd)]
         else:
