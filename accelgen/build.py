@@ -52,6 +52,10 @@ class ToolFailed(AccelgenError):
 class TimingFailure(AccelgenError):
     """Place and route did not reach the planned clock with any seed."""
 
+    def __init__(self, message: str, fmax_mhz: float = 0.0) -> None:
+        super().__init__(message)
+        self.fmax_mhz = fmax_mhz
+
 
 # tool -> (console script, distribution to install)
 TOOLS: dict[str, tuple[str, str]] = {
@@ -249,7 +253,9 @@ def gowin_chip_family(family: str) -> str:
 
 def _pnr_args(family: str, part: str, package: str, constraints: str, freq: float,
               seed: int, gowin_family: str) -> tuple[str, list[str], str]:
+    # --timing-allow-fail: a slow design still gets its report; the build judges the Fmax
     common = ["--json", "top.json", "--freq", f"{freq:g}", "--seed", str(seed),
+              "--timing-allow-fail",
               "--report", f"report_{seed}.json"]
     if family == "ice40":
         return "nextpnr-ice40", [f"--{part}", "--package", package.lower(), "--pcf",
@@ -312,7 +318,8 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
     t0 = time.monotonic()
     synth = {"ice40": "synth_ice40 -spram", "ecp5": "synth_ecp5", "gowin": "synth_gowin"}[family]
     say(f"synthesis ({synth})")
-    script = (f"read_rtlil top.il; {synth} -top top; tee -o synth_stat.txt stat; "
+    script = ("read_rtlil top.il; write_verilog -noattr accelerator.v; "
+              f"{synth} -top top; tee -o synth_stat.txt stat; "
               "write_json top.json")
     run_tool("yosys", ["-q", "-l", "synth.log", "-p", script], workdir, "yosys.log")
     seconds["synthesis"] = time.monotonic() - t0
@@ -362,7 +369,7 @@ def _store_cache(cached_dir: Path, workdir: Path, bit_name: str) -> None:
     tmp = cached_dir.with_name(cached_dir.name + f".tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        keep = [bit_name, "result.json", "synth_stat.txt"]
+        keep = [bit_name, "result.json", "synth_stat.txt", "accelerator.v"]
         keep += [f.name for f in workdir.glob("report_*.json")]
         for name in keep:
             if (workdir / name).is_file():

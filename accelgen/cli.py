@@ -24,7 +24,6 @@ from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
 
 log = logging.getLogger("accelgen")
 
-BOARD_ALIASES = ("ice40", "ecp5", "gowin")
 ENGINES = ("reference", "golden", "pysim")
 
 
@@ -498,13 +497,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                               "layers": err.table, "budget": err.budget.as_dict(),
                               "suggestions": err.suggestions}))
             return 1
-        print(f"does not fit {dev.name}:")
-        for row in err.table:
-            print(f"  {_short(row['layer'], 36):<36} {row['kind']:<10} LUT {row['lut']:>7,.0f} "
-                  f"FF {row['ff']:>7,.0f} BRAM {row['bram']:>3} SPRAM {row['spram']:>2} "
-                  f"DSP {row['dsp']:>3}")
-        b = err.budget
-        print(f"  budget: LUT {b.lut:,} FF {b.ff:,} BRAM {b.bram} SPRAM {b.spram} DSP {b.dsp}")
+        print_does_not_fit(err, dev.name)
         raise
     if args.json:
         print(json.dumps(p.summary()))
@@ -518,19 +511,68 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def cmd_build(args: argparse.Namespace) -> int:
-    from accelgen.devices import device
-    from accelgen.frontend import load_model
+def print_does_not_fit(err, dev_name: str) -> None:
+    print(f"does not fit {dev_name}:")
+    for row in err.table:
+        print(f"  {_short(row['layer'], 36):<36} {row['kind']:<10} LUT {row['lut']:>7,.0f} "
+              f"FF {row['ff']:>7,.0f} BRAM {row['bram']:>3} SPRAM {row['spram']:>2} "
+              f"DSP {row['dsp']:>3}")
+    b = err.budget
+    print(f"  budget: LUT {b.lut:,} FF {b.ff:,} BRAM {b.bram} SPRAM {b.spram} DSP {b.dsp}")
 
-    device(args.board)  # an unknown board fails here, listing the known ones
-    path = resolve_model(args.model)
-    graph = load_model(path)
-    print(f"model {graph.name}: {len(graph.layers)} layers, {graph.params:,} params, "
-          f"{graph.macs:,} MACs (frontend and float reference ready)")
-    raise NotBuiltYet(
-        f"stopping before hardware generation for {args.board}: the hardware templates and "
-        f"the bitstream build are not built yet"
-    )
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import time
+
+    from accelgen import boards
+    from accelgen.flow import BuildOptions, build
+    from accelgen.scheduler import DoesNotFit
+
+    t0 = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - t0:5.0f} s] {message}", file=sys.stderr, flush=True)
+
+    opts = BuildOptions(board=args.board, model=args.model, bits=args.bits,
+                        clock_mhz=args.clock, fps=args.fps,
+                        out=Path(args.out) if args.out else None, synth=not args.no_synth,
+                        seeds=args.seeds, check_images=args.check_images, baud=args.baud,
+                        retry_lower_clock=args.retry_lower_clock, use_cache=not args.no_cache)
+    try:
+        outcome = build(opts, say)
+    except DoesNotFit as err:
+        print_does_not_fit(err, boards.board(args.board).device.name)
+        raise
+    for line in outcome.summary:
+        print(line)
+    print(f"wrote {outcome.out}/ (report.json, the bitstream, accelerator.v, the .accel "
+          f"shape description)")
+    return 0
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from accelgen import boards
+
+    rows = []
+    for b in boards.BOARDS.values():
+        d = b.device
+        rows.append({"board": b.name, "aliases": list(b.aliases), "title": b.title,
+                     "device": d.name, "family": d.family, "luts": d.luts, "ffs": d.ffs,
+                     "bram_blocks": d.bram_blocks, "bram_kbit": d.bram_bits // 1024,
+                     "spram_blocks": d.spram_blocks, "dsp_blocks": d.dsp_blocks,
+                     "clock_mhz": b.clock_mhz, "planned_clock_mhz": d.planned_clock_mhz,
+                     "notes": b.notes})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'board':<16} {'alias':<6} {'device':<10} {'LUT4':>6} {'BRAM':>10} {'SPRAM':>5} "
+          f"{'DSP':>4} {'clock':>7} {'plan':>7}")
+    for r in rows:
+        bram = f"{r['bram_blocks']}x{r['bram_kbit']}k"
+        print(f"{r['board']:<16} {','.join(r['aliases']):<6} {r['device']:<10} "
+              f"{r['luts']:>6,} {bram:>10} {r['spram_blocks']:>5} {r['dsp_blocks']:>4} "
+              f"{r['clock_mhz']:>5g}M {r['planned_clock_mhz']:>5g}M")
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,9 +637,29 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("build", help="model -> accelerator -> bitstream and report")
-    s.add_argument("--board", default="ice40", help=f"one of {', '.join(BOARD_ALIASES)}")
+    s.add_argument("--board", default="ice40",
+                   help="a board or alias (accelgen boards lists them; default ice40)")
     s.add_argument("--model", default=None, help="an .onnx file or a shipped model name")
+    s.add_argument("--bits", type=int, default=8, help="weight and activation bits (2..16)")
+    s.add_argument("--clock", type=float, default=None,
+                   help="clock in MHz (default: the board's planned clock)")
+    s.add_argument("--fps", type=float, default=None, help="target frames per second")
+    s.add_argument("--out", default=None, help="output folder (default build/MODEL-BOARD)")
+    s.add_argument("--no-synth", action="store_true",
+                   help="stop before synthesis (design, self-check and report only)")
+    s.add_argument("--seeds", type=int, default=1,
+                   help="place-and-route seeds; the fastest is kept (default 1)")
+    s.add_argument("--check-images", type=int, default=2,
+                   help="images of the simulated self-check (default 2; 0 skips it)")
+    s.add_argument("--baud", type=int, default=None, help="host-link UART rate (default 1M)")
+    s.add_argument("--retry-lower-clock", action="store_true",
+                   help="on a timing failure, build once more at the achieved Fmax")
+    s.add_argument("--no-cache", action="store_true", help="run the tools even if cached")
     s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("boards", help="list the boards and their resources")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_boards)
     return p
 
 

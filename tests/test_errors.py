@@ -163,12 +163,3 @@ def test_real_process_prints_one_line_and_exit_code_2(tmp_path: Path) -> None:
                               capture_output=True, text=True)
         _assert_one_line_error(proc.returncode, proc.stderr, phrases)
         assert proc.stdout == ""
-
-
-def test_build_stops_clearly_at_the_first_unbuilt_stage() -> None:
-    proc = subprocess.run([sys.executable, "-m", "accelgen", "build", "--board", "ice40",
-                           "--model", str(MLPERF / "kws_ref_model_float32_tf2onnx.onnx")],
-                          capture_output=True, text=True)
-    assert proc.returncode == 3, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "not built yet" in lines[0] and "Traceback" not in proc.stderr

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import ClockDomain, ClockSignal, Module, Signal
+from amaranth import ClockSignal, Module, Signal
 from amaranth.hdl import Elaboratable, Instance
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -126,7 +126,7 @@ class PllClock(Elaboratable):
     ``clk_in`` is the board clock: an input buffer's output (`Signal`), or, on iCE40 when
     `pad` is set, the raw pin (`SB_PLL40_PAD` must sit on the PLL's own pad). With `settings`
     None the board clock drives ``sync`` directly. ``sync`` is held in reset until the PLL
-    locks, through a reset synchroniser.
+    locks, through a reset synchroniser. The parent defines the ``sync`` domain.
     """
 
     def __init__(self, clk_in, settings: PllSettings | None, *, pad: bool = False,
@@ -139,7 +139,6 @@ class PllClock(Elaboratable):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        m.domains.sync = ClockDomain("sync")
         s = self.settings
         if s is None:
             m.d.comb += [ClockSignal("sync").eq(self.clk_in), self.locked.eq(1)]

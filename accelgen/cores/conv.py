@@ -69,13 +69,19 @@ class Requant:
         return [index[s] for s in self.shift]
 
 
-def sum_bits(weight: np.ndarray, fmt: Format) -> int:
-    """Two's complement width of every possible ``sum(x * w)`` of one output (no bias)."""
+def sum_range(weight: np.ndarray, fmt: Format) -> tuple[int, int]:
+    """The least and greatest possible ``sum(x * w)`` over all outputs (no bias)."""
     qmin = -(1 << (fmt.bits - 1)) if fmt.signed else 0
     qmax = (1 << (fmt.bits - 1)) - 1 if fmt.signed else (1 << fmt.bits) - 1
-    w = weight.reshape(weight.shape[0], -1)
+    w = weight.reshape(weight.shape[0], -1).astype(object)
     hi = int(np.where(w > 0, w * qmax, w * qmin).sum(axis=1).max(initial=0))
     lo = int(np.where(w > 0, w * qmin, w * qmax).sum(axis=1).min(initial=0))
+    return lo, hi
+
+
+def sum_bits(weight: np.ndarray, fmt: Format) -> int:
+    """Two's complement width of every possible ``sum(x * w)`` of one output (no bias)."""
+    lo, hi = sum_range(weight, fmt)
     return max(2, max(hi.bit_length(), (-lo - 1).bit_length()) + 1)
 
 

@@ -1,10 +1,17 @@
 """The requantizer: accumulator -> output code, exactly as `accelgen.golden.requantize`.
 
 ``y = clamp(shift(acc + bias, s), lo, hi)`` where ``shift(v, s)`` is ``(v + 2**(s-1)) >> s``
-(round half up) for ``s > 0``, ``v`` for ``s == 0`` and ``v << -s`` for ``s < 0``. A layer's
-per-channel shifts take few distinct values; the hardware computes the candidate for each
-distinct shift (constant shifts are wiring plus one adder) and selects by a per-channel index, so
-no barrel shifter is built. Fused ReLU / ReLU6 / Clip are the clamp bounds.
+(round half up) for ``s > 0``, ``v`` for ``s == 0`` and ``v << -s`` for ``s < 0``. The rounding
+term is a constant per channel, so it is added together with the bias (`rounded_bias`): what is
+left is a plain arithmetic shift and the clamp (`shift_clamp`).
+
+`shift_clamp` never builds the full-width shifted values: with ``t`` bits enough for
+``[lo, hi]`` as a signed number, it takes bits ``[s, s + t)`` of ``u`` for each of the layer's
+few distinct shifts (wiring), selects one by the per-channel index, and flags *overflow* —
+``u >> s`` outside the ``t``-bit range — from whether ``u``'s bits above ``s + t - 1`` all equal
+its sign. Overflow saturates by the sign; otherwise the ``t``-bit value is clamped to
+``[lo, hi]`` (constant comparisons on ``t`` bits). Fused ReLU / ReLU6 / Clip are the clamp
+bounds.
 """
 
 from __future__ import annotations
@@ -14,31 +21,64 @@ from collections.abc import Sequence
 from amaranth import Cat, Const, Mux, Shape, Value, signed
 
 
-def shift_round(v: Value, s: int) -> Value:
-    """One constant shift with round half up (arithmetic; `v` signed)."""
-    if s > 0:
-        return (v + (1 << (s - 1))) >> s
-    if s < 0:
-        return v << (-s)
-    return v
+def rounded_bias(bias: int, shift: int) -> int:
+    """The bias with the round-half-up term of a right shift by `shift` folded in."""
+    return int(bias) + ((1 << (shift - 1)) if shift > 0 else 0)
 
 
-def clamp(v: Value, lo: int, hi: int) -> Value:
-    return Mux(v < lo, lo, Mux(v > hi, hi, v))
+def signed_bits(lo: int, hi: int) -> int:
+    """Width of the smallest signed shape holding ``[lo, hi]``."""
+    return max(int(hi).bit_length(), (-int(lo) - 1).bit_length() if lo < 0 else 0) + 1
+
+
+def shift_clamp(u: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,
+                out_shape: Shape) -> Value:
+    """``clamp(u >> shifts[select], lo, hi)`` (``u << -s`` for a negative shift) for signed `u`;
+    `select` may be None when there is one shift."""
+    if not u.shape().signed:
+        u = Cat(u, Const(0, 1)).as_signed()  # zero-extend, then read as signed
+    width = len(u)
+    t_bits = signed_bits(lo, hi)
+    sign = u[width - 1]
+
+    def bit(i: int) -> Value:
+        if i < 0:
+            return Const(0, 1)
+        return u[min(i, width - 1)]
+
+    candidates, overflows = [], []
+    for s in shifts:
+        candidates.append(Cat(*(bit(s + j) for j in range(t_bits))).as_signed())
+        top = s + t_bits - 1  # u >> s fits t bits when u[top:] all equal the sign
+        if top >= width - 1:
+            overflows.append(Const(0, 1))
+        else:
+            upper = u[max(top, 0):]
+            overflows.append((upper != 0) & (upper != (1 << len(upper)) - 1))
+    t, ovf = candidates[0], overflows[0]
+    if len(shifts) > 1:
+        assert select is not None
+        for k in range(1, len(shifts)):
+            t = Mux(select == k, candidates[k], t)
+            ovf = Mux(select == k, overflows[k], ovf)
+    inside = t
+    if lo > -(1 << (t_bits - 1)):
+        inside = Mux(t < lo, lo, inside)
+    if hi < (1 << (t_bits - 1)) - 1:
+        inside = Mux(t > hi, hi, inside)
+    return _narrow(Mux(ovf, Mux(sign, lo, hi), inside), out_shape)
 
 
 def requantize(v: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,
                out_shape: Shape) -> Value:
-    """Requantize signed `v` by ``shifts[select]`` (or the only shift), clamp to [lo, hi]."""
+    """Requantize signed `v` by one constant shift (round half up) and clamp to [lo, hi]."""
+    if len(shifts) != 1:
+        raise ValueError("requantize takes one shift; per-channel shifts use shift_clamp")
+    s = shifts[0]
     if not v.shape().signed:
-        v = Cat(v, Const(0, 1)).as_signed()  # zero-extend, then read as signed
-    candidates = [shift_round(v, s) for s in shifts]
-    value = candidates[0]
-    if len(candidates) > 1:
-        assert select is not None
-        for k in range(1, len(candidates)):
-            value = Mux(select == k, candidates[k], value)
-    return _narrow(clamp(value, lo, hi), out_shape)
+        v = Cat(v, Const(0, 1)).as_signed()
+    u = v + (1 << (s - 1)) if s > 0 else v
+    return shift_clamp(u, [s], None, lo, hi, out_shape)
 
 
 def _narrow(v: Value, shape: Shape) -> Value:
@@ -53,4 +93,3 @@ def select_width(shifts: Sequence[int]) -> int:
 
 def acc_shape(bits: int) -> Shape:
     return signed(bits)
-

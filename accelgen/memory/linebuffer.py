@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Module, Mux, Signal, signed
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth import Array, Const, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -38,8 +38,7 @@ from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.ir import Padding, Pair, window_output_size
 
-ROW_OVERHEAD = 1
-OUT_FIFO_DEPTH = 4
+ROW_OVERHEAD = 0
 
 
 def window_layout(fmt: Format) -> data.StructLayout:
@@ -202,191 +201,166 @@ class SlidingWindow(wiring.Component):
         pt, pl, _, _ = g.padding
         OH, OW = g.out_hw
         R = g.ring_rows
-        row_words = g.row_words
+        RW = g.row_words
         word = data.ArrayLayout(fmt.shape, fmt.lanes)
 
         m.submodules.ring = ring = Memory(shape=word, depth=g.words, init=[],
-                                          attrs={"ram_style": self.ram_style})
+                                          attrs={"ram_style": self.ram_style, "no_rw_check": 1})
         wp = ring.write_port()
-        rp = ring.read_port()
+        # an asynchronous port behind a register of our own: Yosys folds the register into
+        # the block RAM and, with `no_rw_check`, builds no read-during-write emulation (the
+        # flow control never reads a row being written; padded taps are masked)
+        rp = ring.read_port(domain="comb")
+        rdata = Signal(word)
+
+        # the window's first input row and column, over the output positions
+        y_first, y_final = -pt, (OH - 1) * sh - pt
+        x_first, x_final = -pl, (OW - 1) * sw - pl
+        y_lo = _register(m, "y_lo", y_first, y_final)
+        x_lo = _register(m, "x_lo", x_first, x_final)
+        ky, kx = _register(m, "ky", 0, kh - 1), _register(m, "kx", 0, kw - 1)
+        cf = _register(m, "cf", 0, CL - 1)
+        rep = _register(m, "rep", 0, self.repeats - 1)
+        slot_lo = _register(m, "slot_lo", 0, R - 1, init=(-pt) % R)  # ring slot of row y_lo
+
+        # ---- row accounting ---------------------------------------------------------------
+        # `avail`: input rows written, counted from the reader's current image's row 0 (the
+        # writer may be into the next image, or still behind: rows a stride skips at the
+        # bottom). The reader has released the rows above max(y_lo, 0) of its image.
+        avail = Signal(range(-H, H + R + 2))
+        freed = _clamp(y_lo, y_first, y_final, 0, H)
+        need = _clamp(y_lo + kh, y_first + kh, y_final + kh, 0, H)
+        can_write = Signal()
+        rows_ok = Signal()
+        m.d.comb += [can_write.eq(avail - freed < R), rows_ok.eq(avail >= need)]
 
         # ---- writer: input beats into the ring, whole rows at a time ----------------------
-        cw = 16  # width of the global row counters (differences stay far below 2**15)
-        rows_written = Signal(cw)
-        rows_freed = Signal(cw)
-        waddr = Signal(range(g.words))
-        wbeat = Signal(range(row_words))
-        # signed: the reader may release rows the writer has not reached yet (rows a stride
-        # skips), and may start an image before the writer finished the previous one
-        held = Signal(signed(cw))
-        m.d.comb += held.eq(rows_written - rows_freed)
-        can_write = Signal()
-        m.d.comb += can_write.eq(held < R)
+        waddr = _register(m, "waddr", 0, g.words - 1)
+        wbeat = _register(m, "wbeat", 0, RW - 1)
+        write = Signal()
         m.d.comb += [
             self.i.ready.eq(can_write),
+            write.eq(self.i.valid & can_write),
             wp.addr.eq(waddr),
             wp.data.eq(self.i.payload.data),
-            wp.en.eq(self.i.valid & can_write),
+            wp.en.eq(write),
         ]
-        with m.If(self.i.valid & can_write):
-            m.d.sync += waddr.eq(Mux(waddr == g.words - 1, 0, waddr + 1))
-            with m.If(wbeat == row_words - 1):
-                m.d.sync += [wbeat.eq(0), rows_written.eq(rows_written + 1)]
-            with m.Else():
-                m.d.sync += wbeat.eq(wbeat + 1)
+        with m.If(write):
+            _wrap_inc(m, waddr, g.words)
+            _wrap_inc(m, wbeat, RW)
+        row_written = write & (wbeat == RW - 1)
 
-        # ---- reader: loops over output positions and taps -------------------------------------
-        oy = Signal(range(OH))
-        ox = Signal(range(OW))
-        rep = Signal(range(self.repeats))
-        ky = Signal(range(kh))
-        kx = Signal(range(kw))
-        cf = Signal(range(CL))
-        big = max(H, W, OH * sh, OW * sw) + max(kh, kw) + max(pt, pl) + 2
-        y_lo = Signal(signed(big.bit_length() + 1), init=-pt)  # oy * sh - pt
-        x_lo = Signal(signed(big.bit_length() + 1), init=-pl)  # ox * sw - pl
-        r_base = Signal(cw)  # global index of the current image's row 0
-        slot_lo = Signal(range(R), init=(-pt) % R)  # (r_base + y_lo) mod R
-        r_base_slot = Signal(range(R))
-        running = Signal()  # inside an output row
+        # ---- reader: output positions x taps, one window beat per cycle ---------------------
+        y = y_lo + ky
+        x = x_lo + kx
+        inside = Const(1)
+        if y_first < 0:
+            inside = inside & (y >= 0)
+        if y_final + kh - 1 >= H:
+            inside = inside & (y < H)
+        if x_first < 0:
+            inside = inside & (x >= 0)
+        if x_final + kw - 1 >= W:
+            inside = inside & (x < W)
+        # ring address: the tap's row slot (slot_lo + ky, wrapped) times the row, plus the column
+        slot_sum = slot_lo + ky
+        row_base = Array([Const((s % R) * RW, range(g.words)) for s in range(R + kh - 1)])
+        col = x.as_unsigned() * CL + cf if W > 1 else cf
+        m.d.comb += rp.addr.eq(row_base[slot_sum] + col)
 
-        y = Signal.like(y_lo)
-        x = Signal.like(x_lo)
-        m.d.comb += [y.eq(y_lo + ky), x.eq(x_lo + kx)]
-        slot_sum = Signal(range(2 * R))
-        tap_slot = Signal(range(R))
-        m.d.comb += [
-            slot_sum.eq(slot_lo + ky),
-            tap_slot.eq(Mux(slot_sum >= R, slot_sum - R, slot_sum)),
-        ]
-        inside = Signal()
-        m.d.comb += inside.eq((y >= 0) & (y < H) & (x >= 0) & (x < W))
-        col = Signal(range(max(row_words, 2)))
-        m.d.comb += col.eq(x.as_unsigned()[: len(col)] * CL + cf)
-        m.d.comb += rp.addr.eq(tap_slot * row_words + col)
-
-        # rows the current output row needs: min(H, max(0, y_lo + kh))
-        need = Signal(range(H + 1))
-        need_raw = Signal.like(y_lo)
-        m.d.comb += need_raw.eq(y_lo + kh)
-        m.d.comb += need.eq(Mux(need_raw > H, H, Mux(need_raw < 0, 0, need_raw)))
-        available = Signal(signed(cw))
-        m.d.comb += available.eq(rows_written - r_base)
-
-        # output FIFO with credits: one read in flight at most
-        m.submodules.out = out = fifo.SyncFIFO(width=window_layout(fmt).size,
-                                                depth=OUT_FIFO_DEPTH)
-        inflight = Signal()
-        credit = Signal()
-        m.d.comb += credit.eq(out.level + inflight < OUT_FIFO_DEPTH)
-
-        # loop end conditions
         last_cf = cf == CL - 1
         last_kx = kx == kw - 1
         last_ky = ky == kh - 1
         last_rep = rep == self.repeats - 1
-        last_ox = ox == OW - 1
-        last_oy = oy == OH - 1
+        last_ox = x_lo == x_final
+        last_oy = y_lo == y_final
         if self.order == "dense":
             end_of_window = last_cf & last_kx & last_ky
             end_of_pixel = end_of_window & last_rep
+            first_of_window = (cf == 0) & (kx == 0) & (ky == 0)
         else:
             end_of_window = last_kx & last_ky
             end_of_pixel = end_of_window & last_cf
+            first_of_window = (kx == 0) & (ky == 0)
         end_of_row = end_of_pixel & last_ox
         end_of_image = end_of_row & last_oy
-        if self.order == "dense":
-            first_of_window = (cf == 0) & (kx == 0) & (ky == 0)
-        else:
-            first_of_window = (kx == 0) & (ky == 0)
 
-        issue = Signal()
-        m.d.comb += issue.eq(running & credit)
-
-        # flags travel with the read (memory latency one cycle)
+        # one output register: the read port's own data register plus the flags beside it
+        out_valid = Signal()
         flags = Signal(data.StructLayout({"pad": 1, "first": 1, "end": 1, "last": 1}))
-        m.d.sync += inflight.eq(issue)
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(rows_ok & (~out_valid | self.o.ready)),
+            self.o.valid.eq(out_valid),
+            self.o.payload.pad.eq(flags.pad),
+            self.o.payload.first.eq(flags.first),
+            self.o.payload.end.eq(flags.end),
+            self.o.payload.last.eq(flags.last),
+        ]
+        for lane in range(fmt.lanes):
+            m.d.comb += self.o.payload.data[lane].eq(Mux(flags.pad, 0, rdata[lane]))
         with m.If(issue):
             m.d.sync += [
+                rdata.eq(rp.data),
+                out_valid.eq(1),
                 flags.pad.eq(~inside),
                 flags.first.eq(first_of_window),
                 flags.end.eq(end_of_window),
                 flags.last.eq(end_of_image),
             ]
-        beat = Signal(window_layout(fmt))
-        m.d.comb += [
-            beat.pad.eq(flags.pad),
-            beat.first.eq(flags.first),
-            beat.end.eq(flags.end),
-            beat.last.eq(flags.last),
-        ]
-        for lane in range(fmt.lanes):
-            m.d.comb += beat.data[lane].eq(Mux(flags.pad, 0, rp.data[lane]))
-        m.d.comb += [out.w_data.eq(beat.as_value()), out.w_en.eq(inflight)]
-        m.d.comb += [
-            self.o.payload.eq(out.r_data),
-            self.o.valid.eq(out.r_rdy),
-            out.r_en.eq(self.o.ready),
-        ]
-
-        # start of an output row: wait for its input rows
-        with m.If(~running & (available >= need)):
-            m.d.sync += running.eq(1)
-
-        def advance_inner() -> None:
-            """Advance (rep,) ky, kx, cf in the chosen order; the caller handles pixel ends."""
-            if self.order == "dense":
-                with m.If(~last_cf):
-                    m.d.sync += cf.eq(cf + 1)
-                with m.Else():
-                    m.d.sync += cf.eq(0)
-                    with m.If(~last_kx):
-                        m.d.sync += kx.eq(kx + 1)
-                    with m.Else():
-                        m.d.sync += kx.eq(0)
-                        with m.If(~last_ky):
-                            m.d.sync += ky.eq(ky + 1)
-                        with m.Else():
-                            m.d.sync += [ky.eq(0), rep.eq(Mux(last_rep, 0, rep + 1))]
-            else:
-                with m.If(~last_kx):
-                    m.d.sync += kx.eq(kx + 1)
-                with m.Else():
-                    m.d.sync += kx.eq(0)
-                    with m.If(~last_ky):
-                        m.d.sync += ky.eq(ky + 1)
-                    with m.Else():
-                        m.d.sync += [ky.eq(0), cf.eq(Mux(last_cf, 0, cf + 1))]
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
 
         with m.If(issue):
-            advance_inner()
+            if self.order == "dense":
+                _nest(m, [(cf, CL), (kx, kw), (ky, kh), (rep, self.repeats)])
+            else:
+                _nest(m, [(kx, kw), (ky, kh), (cf, CL)])
             with m.If(end_of_pixel):
-                m.d.sync += [ox.eq(Mux(last_ox, 0, ox + 1)), x_lo.eq(Mux(last_ox, -pl, x_lo + sw))]
+                if OW > 1:
+                    m.d.sync += x_lo.eq(Mux(last_ox, x_first, x_lo + sw))
             with m.If(end_of_row):
-                m.d.sync += running.eq(0)
-                # release the rows the next output row no longer needs
-                nxt = Signal.like(y_lo)
-                m.d.comb += nxt.eq(y_lo + sh)
-                keep_from = Mux(nxt > H, H, Mux(nxt < 0, 0, nxt))
-                with m.If(last_oy):
-                    m.d.sync += [
-                        oy.eq(0),
-                        y_lo.eq(-pt),
-                        rows_freed.eq(r_base + H),
-                        r_base.eq(r_base + H),
-                    ]
-                    next_base = (r_base_slot + H % R)
-                    next_base_slot = Signal(range(R))
-                    m.d.comb += next_base_slot.eq(Mux(next_base >= R, next_base - R, next_base))
-                    m.d.sync += r_base_slot.eq(next_base_slot)
-                    start = next_base_slot + ((-pt) % R)
-                    m.d.sync += slot_lo.eq(Mux(start >= R, start - R, start))
-                with m.Else():
-                    m.d.sync += [
-                        oy.eq(oy + 1),
-                        y_lo.eq(nxt),
-                        rows_freed.eq(r_base + keep_from),
-                    ]
-                    step = slot_lo + (sh % R)
-                    m.d.sync += slot_lo.eq(Mux(step >= R, step - R, step))
+                if OH > 1:
+                    m.d.sync += y_lo.eq(Mux(last_oy, y_first, y_lo + sh))
+                # the next row's first slot: a stride on, or the next image's row -pt
+                step = Mux(last_oy, (H - (OH - 1) * sh) % R, sh % R)
+                if R > 1:
+                    nxt = slot_lo + step
+                    m.d.sync += slot_lo.eq(Mux(nxt >= R, nxt - R, nxt))
+        m.d.sync += avail.eq(avail + row_written - Mux(issue & end_of_image, H, 0))
         return m
+
+
+def _register(m: Module, name: str, lo: int, hi: int, init: int | None = None) -> Value:
+    """A register holding `lo`..`hi` (a constant when that is one value)."""
+    if lo == hi:
+        return Const(lo, range(lo, hi + 1))
+    return Signal(range(lo, hi + 1), name=name, init=lo if init is None else init)
+
+
+def _clamp(v: Value, v_lo: int, v_hi: int, lo: int, hi: int) -> Value:
+    """``min(max(v, lo), hi)`` for `v` known to lie in ``[v_lo, v_hi]``."""
+    if v_lo < lo:
+        v = Mux(v < lo, lo, v)
+    if v_hi > hi:
+        v = Mux(v > hi, hi, v)
+    return v
+
+
+def _wrap_inc(m: Module, counter: Value, n: int) -> None:
+    if n > 1:
+        m.d.sync += counter.eq(Mux(counter == n - 1, 0, counter + 1))
+
+
+def _nest(m: Module, loops: list[tuple[Value, int]]) -> None:
+    """Advance nested counters (innermost first), each wrapping at its count."""
+    counter, n = loops[0]
+    if n > 1:
+        with m.If(counter != n - 1):
+            m.d.sync += counter.eq(counter + 1)
+        with m.Else():
+            m.d.sync += counter.eq(0)
+            if loops[1:]:
+                _nest(m, loops[1:])
+    elif loops[1:]:
+        _nest(m, loops[1:])

@@ -32,7 +32,7 @@ from accelgen.cores.conv import FOLD_DRAIN
 from accelgen.cores.streams import Format
 from accelgen.devices import Device
 from accelgen.errors import AccelgenError, UnsupportedError, UsageError
-from accelgen.memory.linebuffer import OUT_FIFO_DEPTH, ROW_OVERHEAD, WindowGeometry
+from accelgen.memory.linebuffer import ROW_OVERHEAD, WindowGeometry
 from accelgen.quantized import (
     QAdd,
     QAvgPool,
@@ -97,7 +97,7 @@ def _window_costs(dev: Device, g: WindowGeometry) -> tuple[Resources, rmodel.Mem
     model = rmodel.MODELS[dev.family]
     ring = rmodel.place(dev, "line buffer", g.words, g.fmt.lanes * g.fmt.bits)
     lut, ff = rmodel.logic_memory(model, ring)
-    fifo_bits = OUT_FIFO_DEPTH * (g.fmt.lanes * g.fmt.bits + 4)
+    fifo_bits = g.fmt.lanes * g.fmt.bits + 4  # the output register
     lut += model.window_control_lut + 0.6 * fifo_bits
     ff += model.window_control_ff + fifo_bits
     return Resources(lut, ff, ring.blocks if ring.placement == "bram" else 0), ring

@@ -11,6 +11,7 @@ stalls) exercises the flow control; the hardware's own latency counter is read b
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,8 +52,10 @@ def image_beats(acc: Accelerator, x_ir: np.ndarray) -> list[list[dict]]:
 
 def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
              seed: int | None = None, idle: float = 0.0, busy: float = 0.0,
-             deadline: int = 50_000_000, vcd: str | None = None) -> SimResult:
-    """Run integer IR images through the accelerator (see the module docstring)."""
+             deadline: int = 50_000_000, vcd: str | None = None,
+             stop: threading.Event | None = None) -> SimResult:
+    """Run integer IR images through the accelerator (see the module docstring). Setting
+    `stop` (from another thread) ends the simulation with a `SimulationError`."""
     qg = acc.plan.qgraph
     out_t = qg.tensors[qg.outputs[0].tensor]
     per_image = out_t.size // acc.out_fmt.lanes
@@ -73,6 +76,8 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
         while True:
             await ctx.tick()
             state["cycle"] += 1
+            if stop is not None and state["cycle"] % 1024 == 0 and stop.is_set():
+                raise SimulationError("the simulation was cancelled")
             if state["cycle"] > deadline:
                 raise SimulationError(
                     f"simulation made no progress within {deadline:,} cycles "
