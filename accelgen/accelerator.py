@@ -15,11 +15,15 @@ Ports:
   ``images``: images completed.
 
 Every tensor edge connects its producer to each consumer through, as needed, a `Broadcast` (a
-tensor read by several layers), a FIFO (`EDGE_FIFO_DEPTH` beats, or deeper where the plan says:
-a residual skip path must hold everything the other branch reads before it produces), and
-`WidthConverter` stages where the producer's output lanes differ from the consumer's input
-lanes. The small FIFO on every edge lets each stage run at its own rate, so the pipeline's
-interval is its slowest stage's (the cycle model).
+tensor read by several layers), a FIFO where the plan asks for one (a residual skip path must
+hold everything the other branch reads before it produces), and `WidthConverter` stages where
+the producer's output lanes differ from the consumer's input lanes. Other edges need no queue
+(`edge_fifo_depth`): every stage's output comes from a register it holds until taken, behind
+a second buffer (a MAC stage's shadow), and every windowed stage's input is its line buffer,
+which takes a beat per cycle while it has a free row — so each stage runs at its own rate and
+the pipeline's interval is its slowest stage's (the cycle model). The exception is a MAC
+stage that drains a fold in several output beats into a narrower consumer: a FIFO of one
+fold's beats lets it free its shadow at its own rate.
 """
 
 from __future__ import annotations
@@ -50,7 +54,18 @@ from accelgen.quantized import (
 )
 from accelgen.scheduler.plan import HardwarePlan, StagePlan
 
-EDGE_FIFO_DEPTH = 4
+
+
+def edge_fifo_depth(fifo_depths: dict[tuple[str, str], int], producer: StagePlan | None,
+                    tensor: str, user: str, lanes: int, want: int) -> int:
+    """Beats of FIFO on the edge from `tensor`'s producer (`lanes` per beat) to `user` (`want`
+    lanes): the plan's (a residual skip path), or one fold's output beats where a MAC stage
+    drains into a narrower consumer (module docstring); 0 for none."""
+    depth = fifo_depths.get((tensor, user), 0)
+    burst = producer.pe // producer.lanes_out if producer is not None else 1
+    if want < lanes and burst > 1:
+        depth = max(depth, burst)
+    return depth
 
 
 def fifo_style(depth: int, width: int) -> str:
@@ -193,9 +208,11 @@ class Accelerator(wiring.Component):
                     dst = input_ports(self.stages[user])[k]
                     want = self.plan.stage(user).lanes_in
                 stream_ = branch
-                # every edge gets at least a small FIFO: stages with bursty outputs (a fold's
-                # drain, a row's end) would otherwise stall their neighbours in lockstep
-                depth = max(EDGE_FIFO_DEPTH, self.plan.fifo_depths.get((tensor, user), 0))
+                producer = qg.producer(tensor)
+                depth = edge_fifo_depth(
+                    self.plan.fifo_depths,
+                    None if producer is None else self.plan.stage(producer.name), tensor, user,
+                    lanes, want)
                 if depth:
                     payload = fmt_of(qg.tensors[tensor], lanes).payload
                     fifo = StreamFifo(payload, depth, fifo_style(depth, payload.size))

@@ -124,8 +124,9 @@ def test_small_model_builds_and_rebuilds_from_cache(board: str, tmp_path: Path, 
     out = tmp_path / "out"
     # --clock 20: the requantize path (parameter ROM -> bias add -> shift -> saturate) is not
     # pipelined yet and closes timing at about 22 MHz on the UP5K (an open item of issue 5)
+    seeds = 2 if board == "ice40" else 1  # the seed handling is the same on every family
     args = ["build", "--board", board, "--model", str(_tiny_model(tmp_path / "t.onnx")),
-            "--out", str(out), "--check-images", "2", "--seeds", "2", "--clock", "20"]
+            "--out", str(out), "--check-images", "2", "--seeds", str(seeds), "--clock", "20"]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     for key in ("bitstream", "fmax_mhz", "clock_mhz", "timing_met", "cycles_per_image", "fps",
@@ -133,11 +134,13 @@ def test_small_model_builds_and_rebuilds_from_cache(board: str, tmp_path: Path, 
         assert key in report
     assert report["timing_met"] and report["fmax_mhz"] >= report["clock_mhz"]
     assert report["self_check"]["equal"] and report["self_check"]["images"] == 2
-    assert len(report["seed_fmax_mhz"]) == 2
+    assert len(report["seed_fmax_mhz"]) == seeds
     assert report["fmax_min_mhz"] <= report["fmax_median_mhz"] <= report["fmax_mhz"]
     bitstream = Path(report["bitstream"])
     assert bitstream.is_file() and bitstream.stat().st_size > 1000
     assert (out / "accelerator.v").is_file() and list(out.glob("*.accel"))
+    if board != "ice40":
+        return
     first = bitstream.read_bytes()
     assert main(args) == 0
     again = json.loads((out / "report.json").read_text())

@@ -32,7 +32,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from accelgen.cores.mul import ProductArray
-from accelgen.cores.requant import requantize, select_width
+from accelgen.cores.requant import rounded_bias, select_width, shift_clamp, signed_bits
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import window_layout
@@ -73,7 +73,7 @@ def sum_range(weight: np.ndarray, fmt: Format) -> tuple[int, int]:
     """The least and greatest possible ``sum(x * w)`` over all outputs (no bias)."""
     qmin = -(1 << (fmt.bits - 1)) if fmt.signed else 0
     qmax = (1 << (fmt.bits - 1)) - 1 if fmt.signed else (1 << fmt.bits) - 1
-    w = weight.reshape(weight.shape[0], -1).astype(object)
+    w = weight.reshape(weight.shape[0], -1).astype(np.int64)
     hi = int(np.where(w > 0, w * qmax, w * qmin).sum(axis=1).max(initial=0))
     lo = int(np.where(w > 0, w * qmin, w * qmax).sum(axis=1).min(initial=0))
     return lo, hi
@@ -102,6 +102,7 @@ class ConvStage(wiring.Component):
         folds_per_pixel: int,
         pixels: int,
         weight_style: str = "block",
+        param_style: str = "logic",
         dsp_products: int = 0,
         family: str | None = None,
     ) -> None:
@@ -109,6 +110,7 @@ class ConvStage(wiring.Component):
             raise ShapeError(f"MAC stage mode {mode!r}")
         self.mode = mode
         self.weight_style = weight_style
+        self.param_style = __import__("os").environ.get("PSTYLE", param_style)
         self.dsp_products, self.family = dsp_products, family
         self.in_fmt, self.out_fmt = in_fmt, out_fmt
         self.w_bits = w_bits
@@ -145,6 +147,7 @@ class ConvStage(wiring.Component):
         self.rom = self._rom_words(np.asarray(weight, np.int64))
         # the accumulators hold sum(x * w) without the bias (added when requantizing): their
         # width is the proved range of that sum (partial sums lie inside it too)
+        self.sum_range = sum_range(np.asarray(weight, np.int64), in_fmt)
         self.sum_bits = sum_bits(np.asarray(weight, np.int64), in_fmt)
         self.acc_bits = acc_bits  # the shape description's width, bias included
         members = {
@@ -223,6 +226,15 @@ class ConvStage(wiring.Component):
         return self.pixels * self.folds_per_pixel * self.beats_per_fold * self.multipliers
 
     # -- hardware ------------------------------------------------------------------------------
+    def param_words(self) -> list[list[dict]]:
+        """The requantizer's table: per output beat (group of `ol` channels, in drain order),
+        each channel's bias with the rounding term folded in, and its shift's index."""
+        rq = self.requant
+        selects = rq.select()
+        return [[{"bias": rounded_bias(int(rq.bias[c]), rq.shift[c]), "sel": selects[c]}
+                 for c in range(g * self.ol, (g + 1) * self.ol)]
+                for g in range(self.c_out // self.ol)]
+
     def elaborate(self, platform) -> Module:
         m = Module()
         pe, simd, ol = self.pe, self.simd, self.ol
@@ -261,11 +273,10 @@ class ConvStage(wiring.Component):
         b_first, b_end, b_last = Signal(), Signal(), Signal()
 
         acc = Signal(data.ArrayLayout(acc_shape, pe))
+        # the finished fold, drained `ol` lanes at a time by shifting towards lane 0
         shadow = Signal(data.ArrayLayout(acc_shape, pe))
         shadow_full = Signal()
         shadow_last = Signal()
-        shadow_fold = Signal(range(self.folds_per_pixel))
-        fold = Signal(range(self.folds_per_pixel))
 
         end_in_flight = (a_valid & a_end) | (b_valid & b_end)
         accept_end = ~shadow_full & ~end_in_flight
@@ -295,6 +306,10 @@ class ConvStage(wiring.Component):
             m.d.comb += b_prod[k].eq(product)
 
         # accumulate (stage C)
+        steps = pe // ol
+        move = Signal()  # the requantizer takes `ol` lanes of the shadow into the output register
+        out_valid = Signal()
+        m.d.comb += move.eq(shadow_full & (~out_valid | self.o.ready))
         for p in range(pe):
             if self.mode == "dense":
                 total = b_prod[p * simd]
@@ -306,48 +321,56 @@ class ConvStage(wiring.Component):
             m.d.comb += nxt.eq(Mux(b_first, 0, acc[p]) + total)
             with m.If(b_valid):
                 m.d.sync += acc[p].eq(nxt)
-                with m.If(b_end):
-                    m.d.sync += shadow[p].eq(nxt)
+            with m.If(b_valid & b_end):
+                m.d.sync += shadow[p].eq(nxt)
+            if p + ol < pe:
+                with m.Elif(move):
+                    m.d.sync += shadow[p].eq(shadow[p + ol])
         with m.If(b_valid & b_end):
-            m.d.sync += [shadow_full.eq(1), shadow_last.eq(b_last), shadow_fold.eq(fold),
-                         fold.eq(Mux(fold == self.folds_per_pixel - 1, 0, fold + 1))]
+            m.d.sync += [shadow_full.eq(1), shadow_last.eq(b_last)]
 
-        # requantize: drain the shadow, ol lanes per output beat
-        steps = pe // ol
+        # requantize `ol` lanes of the shadow per move into the output register; the table of
+        # biases and shift indices is read one move ahead (a registered read: block RAM, or
+        # LUTs and flip-flops)
         rq = self.requant
-        sel_bits = select_width(rq.shifts)
-        bias_bits = int(max(abs(int(b)) for b in rq.bias)).bit_length() + 1
-        group_layout = data.ArrayLayout(
-            data.StructLayout({"bias": signed(bias_bits), "sel": sel_bits}), ol)
-        selects = rq.select()
-        groups = [
-            [{"bias": int(rq.bias[g * ol + k]), "sel": selects[g * ol + k]} for k in range(ol)]
-            for g in range(self.c_out // ol)
-        ]
-        m.submodules.params = params = Memory(shape=group_layout, depth=len(groups), init=groups)
-        pport = params.read_port(domain="comb")
+        words = self.param_words()
+        biases = [e["bias"] for word in words for e in word]
+        bias_bits = max(signed_bits(min(biases), max(biases)), 1)
+        multi = len(rq.shifts) > 1
+        fields = {"bias": signed(bias_bits)}
+        if multi:
+            fields["sel"] = select_width(rq.shifts)
+        group_layout = data.ArrayLayout(data.StructLayout(fields), ol)
+        init = [[{k: e[k] for k in fields} for e in word] for word in words]
+        m.submodules.params = params = Memory(shape=group_layout, depth=len(words), init=init,
+                                              attrs={"ram_style": self.param_style})
+        pport = params.read_port()
+        group = Signal(range(len(words)))
+        group_next = Signal.like(group)
         step = Signal(range(steps))
-        group = Signal(range(len(groups)))
-        m.d.comb += group.eq(shadow_fold * steps + step)
-        m.d.comb += pport.addr.eq(group)
-        out = self.o.payload
-        for k in range(ol):
-            lane_acc = Signal(acc_shape, name=f"lane{k}")
-            m.d.comb += lane_acc.eq(shadow[k])
-            for j in range(1, steps):
-                with m.If(step == j):
-                    m.d.comb += lane_acc.eq(shadow[j * ol + k])
-            entry = pport.data[k]
-            value = requantize(lane_acc + entry.bias, rq.shifts, entry.sel if len(rq.shifts) > 1
-                               else None, rq.lo, rq.hi, self.out_fmt.shape)
-            m.d.comb += out.data[k].eq(value)
-        m.d.comb += [
-            out.last.eq(shadow_last & (step == steps - 1)),
-            self.o.valid.eq(shadow_full),
-        ]
-        with m.If(self.o.valid & self.o.ready):
+        with m.If(move):
+            m.d.comb += group_next.eq(Mux(group == len(words) - 1, 0, group + 1))
+        with m.Else():
+            m.d.comb += group_next.eq(group)
+        m.d.sync += group.eq(group_next)
+        m.d.comb += pport.addr.eq(group_next)
+        lo_sum, hi_sum = self.sum_range
+        out = Signal(self.o.payload.shape())
+        m.d.comb += [self.o.payload.eq(out), self.o.valid.eq(out_valid)]
+        with m.If(move):
+            m.d.sync += [out_valid.eq(1), out.last.eq(shadow_last & (step == steps - 1))]
+            for k in range(ol):
+                entry = pport.data[k]
+                u = Signal(signed(signed_bits(lo_sum + min(biases), hi_sum + max(biases))),
+                           name=f"biased{k}")
+                m.d.comb += u.eq(shadow[k] + entry.bias)
+                m.d.sync += out.data[k].eq(shift_clamp(
+                    u, rq.shifts, entry.sel if multi else None, rq.lo, rq.hi,
+                    self.out_fmt.shape))
             with m.If(step == steps - 1):
                 m.d.sync += [step.eq(0), shadow_full.eq(0)]
             with m.Else():
                 m.d.sync += step.eq(step + 1)
+        with m.Elif(self.o.ready):
+            m.d.sync += out_valid.eq(0)
         return m

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -143,8 +143,23 @@ class WindowPoolStage(wiring.Component):
         return out
 
 
+def global_pool_final_cycles(mode: str, bits: int) -> int:
+    """Cycles a `GlobalPoolStage` spends per beat of an image's last pixel: into the running
+    value, then (average) the `bits` steps of the division, out."""
+    return 2 + (bits if mode == "avg" else 0)
+
+
 class GlobalPoolStage(wiring.Component):
-    """Mean (rounded half up) or max of each channel over all pixels, streaming."""
+    """Mean (rounded half up) or max of each channel over all pixels, streaming.
+
+    The running value of each channel group lives in a small memory (one word per group),
+    updated as the pixels pass; the last pixel's beats are finished one at a time into the
+    output register. The mean follows the golden rule ``floor((2*sum + n) / (2*n))`` by exact
+    restoring division, one quotient bit per cycle: the running value is kept as
+    ``v = n // 2 + sum(x - lo)`` (``lo`` the lowest code), so the dividend ``2*sum' + n`` is
+    ``v`` with ``n``'s parity appended, the quotient fits the code width, and adding ``lo``
+    back only flips a signed code's top bit.
+    """
 
     def __init__(self, *, mode: str, fmt: Format, ram_style: str = "logic") -> None:
         if mode not in ("max", "avg"):
@@ -156,64 +171,118 @@ class GlobalPoolStage(wiring.Component):
         super().__init__({"i": In(fmt.signature), "o": Out(self.out_fmt.signature)})
 
     def expected_cycles(self) -> int:
-        return self.fmt.beats
+        fmt = self.fmt
+        return ((self.pixels - 1) * fmt.beats_per_pixel
+                + fmt.beats_per_pixel * global_pool_final_cycles(self.mode, fmt.bits))
+
+    def value_bits(self) -> int:
+        """Width of the running value of one channel."""
+        if self.mode == "max":
+            return self.fmt.bits
+        n = self.pixels
+        return (n // 2 + ((1 << self.fmt.bits) - 1) * n).bit_length()
 
     def elaborate(self, platform) -> Module:
         m = Module()
         fmt = self.fmt
         cl = fmt.beats_per_pixel
         n = self.pixels
-        sum_bits = _sum_bits(fmt, n) if self.mode == "avg" else fmt.bits
-        acc_shape = signed(sum_bits) if self.mode == "avg" else fmt.shape
-        word = data.ArrayLayout(acc_shape, fmt.lanes)
-        m.submodules.sums = sums = Memory(shape=word, depth=max(cl, 2), init=[],
-                                          attrs={"ram_style": self.ram_style})
-        wp = sums.write_port()
-        rp = sums.read_port(transparent_for=(wp,))
+        bits = fmt.bits
+        avg = self.mode == "avg"
+        value_shape = unsigned(self.value_bits()) if avg else fmt.shape
+        word = data.ArrayLayout(value_shape, fmt.lanes)
+
         beat_idx = Signal(range(max(cl, 2)))
         pixel = Signal(range(max(n, 2)))
-        m.submodules.out = out = fifo.SyncFIFO(width=self.out_fmt.payload.size, depth=4)
-        inflight = Signal()
-        credit = out.level + inflight < 4
         last_pixel = pixel == n - 1
-        m.d.comb += self.i.ready.eq(~last_pixel | credit)
+        busy = Signal()  # a last-pixel beat is being finished
+        out_valid = Signal()
         take = Signal()
-        m.d.comb += [take.eq(self.i.valid & self.i.ready), rp.addr.eq(beat_idx)]
-        # registered beat (the sums read in step)
+        m.d.comb += [
+            self.i.ready.eq(~last_pixel | ~busy),
+            take.eq(self.i.valid & self.i.ready),
+            self.o.valid.eq(out_valid),
+        ]
+        # stage r: the accepted beat, registered, with its group's running value
         r_valid, r_first, r_final, r_last = Signal(), Signal(), Signal(), Signal()
-        r_idx = Signal.like(beat_idx)
         r_x = Signal(data.ArrayLayout(fmt.shape, fmt.lanes))
         m.d.sync += r_valid.eq(take)
         with m.If(take):
-            m.d.sync += [r_first.eq(pixel == 0), r_final.eq(last_pixel), r_idx.eq(beat_idx),
+            m.d.sync += [r_first.eq(pixel == 0), r_final.eq(last_pixel),
                          r_x.eq(self.i.payload.data), r_last.eq(self.i.payload.last)]
-            m.d.sync += beat_idx.eq(Mux(beat_idx == cl - 1, 0, beat_idx + 1))
+            if cl > 1:
+                m.d.sync += beat_idx.eq(Mux(beat_idx == cl - 1, 0, beat_idx + 1))
             with m.If(beat_idx == cl - 1):
                 m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))
-        m.d.sync += inflight.eq(take & last_pixel)
-        result = Signal(self.out_fmt.payload)
-        div = _Divider([n], sum_bits) if self.mode == "avg" else None
+            with m.If(last_pixel):
+                m.d.sync += busy.eq(1)
+        new = Signal(word)
+        if cl > 1:
+            # a beat reads its group's value as it is accepted (the previous pixel wrote it at
+            # least a cycle earlier) and writes it back a cycle later: never the same address
+            # in one cycle, so the block RAM needs no read-during-write logic
+            m.submodules.sums = sums = Memory(
+                shape=word, depth=cl, init=[],
+                attrs={"ram_style": self.ram_style, "no_rw_check": 1})
+            wp = sums.write_port()
+            rp = sums.read_port(domain="comb")
+            old = Signal(word)
+            r_idx = Signal.like(beat_idx)
+            with m.If(take):
+                m.d.sync += [old.eq(rp.data), r_idx.eq(beat_idx)]
+            m.d.comb += [rp.addr.eq(beat_idx), wp.addr.eq(r_idx), wp.data.eq(new),
+                         wp.en.eq(r_valid & ~r_final)]
+        else:
+            old = Signal(word)
+            with m.If(r_valid):
+                m.d.sync += old.eq(new)
+        lowest = _lowest(fmt)
         for lane in range(fmt.lanes):
-            old = rp.data[lane]
             x = r_x[lane]
-            if self.mode == "avg":
-                nxt = Mux(r_first, 0, old) + x
-                c, mult, big_k = div.entries[0]
-                value = ((((nxt << 1) + c) * mult) >> div.k) - big_k
+            if avg:  # x - lo: the code read as unsigned (a signed code's top bit flipped)
+                offset = x.as_unsigned() ^ (1 << (bits - 1)) if fmt.signed else x
+                m.d.comb += new[lane].eq(Mux(r_first, n // 2, old[lane]) + offset)
             else:
-                nxt = Mux(r_first | (x > old), x, old)
-                value = nxt
-            m.d.comb += [wp.data[lane].eq(nxt), result.data[lane].eq(value)]
-        m.d.comb += [
-            wp.addr.eq(r_idx),
-            wp.en.eq(r_valid & ~r_final),
-            result.last.eq(r_last),
-            out.w_data.eq(result.as_value()),
-            out.w_en.eq(r_valid & r_final),
-            self.o.payload.eq(out.r_data),
-            self.o.valid.eq(out.r_rdy),
-            out.r_en.eq(self.o.ready),
-        ]
+                m.d.comb += new[lane].eq(Mux(r_first | (x > old[lane]), x, old[lane]))
+
+        result = Signal(self.out_fmt.payload)
+        m.d.comb += self.o.payload.eq(result)
+        start = r_valid & r_final
+        with m.If(start):
+            m.d.sync += result.last.eq(r_last)
+        if avg:
+            # restoring division of t = 2*v + (n & 1) by d = 2*n, quotient bits MSB first
+            d = 2 * n
+            rem_bits = (d - 1).bit_length()
+            count = Signal(range(bits + 1))
+            with m.If(start):
+                m.d.sync += count.eq(bits)
+            with m.Elif(count != 0):
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    m.d.sync += out_valid.eq(1)
+            for lane in range(fmt.lanes):
+                rem = Signal(rem_bits, name=f"rem{lane}")
+                quo = Signal(bits, name=f"quo{lane}")
+                t = Cat(Const(n & 1, 1), new[lane])
+                shifted = Cat(quo[-1], rem)
+                diff = Signal(signed(rem_bits + 2), name=f"diff{lane}")
+                m.d.comb += diff.eq(shifted - d)
+                with m.If(start):
+                    m.d.sync += [quo.eq(t[:bits]), rem.eq(t[bits:])]
+                with m.Elif(count != 0):
+                    with m.If(diff >= 0):
+                        m.d.sync += [rem.eq(diff), quo.eq(Cat(Const(1, 1), quo[:-1]))]
+                    with m.Else():
+                        m.d.sync += [rem.eq(shifted), quo.eq(Cat(Const(0, 1), quo[:-1]))]
+                code = quo ^ (1 << (bits - 1)) if fmt.signed else quo
+                m.d.comb += result.data[lane].eq(code)
+        else:
+            with m.If(start):
+                m.d.sync += [out_valid.eq(1), result.data.eq(new)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += [out_valid.eq(0), busy.eq(0)]
+        del lowest
         return m
 
 

@@ -318,14 +318,19 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
             if src != dst:
                 bits = qg.tensors[t].bits * max(src, dst)
                 total = total + Resources(bits * 1.2 + 10, bits + 6)
-    from accelgen.accelerator import EDGE_FIFO_DEPTH, fifo_style
+    from accelgen.accelerator import edge_fifo_depth, fifo_style
 
-    edges = {(t, layer.name): max(EDGE_FIFO_DEPTH, fifo_depths.get((t, layer.name), 0))
-             for layer in qg.layers for t in layer.inputs}
     out_t = qg.outputs[0].tensor
-    edges[(out_t, "<argmax>")] = EDGE_FIFO_DEPTH
-    for (t, _user), depth in edges.items():
-        lanes = lanes_out.get(qg.producer(t).name, 1) if qg.producer(t) else 1
+    edges = [(t, layer.name, by_layer[layer.name].lanes_in) for layer in qg.layers
+             for t in layer.inputs]
+    edges.append((out_t, "<argmax>", lanes_out[qg.producer(out_t).name]))
+    for t, user, want in edges:
+        prod = qg.producer(t)
+        lanes = lanes_out[prod.name] if prod else stages[0].lanes_in
+        depth = edge_fifo_depth(fifo_depths, by_layer[prod.name] if prod else None, t, user,
+                                lanes, want)
+        if depth == 0:
+            continue
         width = lanes * qg.tensors[t].bits + 1
         if fifo_style(depth, width) == "logic":
             mem = rmodel.Memory("fifo", depth, width, "logic", 0)
