@@ -18,12 +18,12 @@ Every tensor edge connects its producer to each consumer through, as needed, a `
 tensor read by several layers), a FIFO where the plan asks for one (a residual skip path must
 hold everything the other branch reads before it produces), and `WidthConverter` stages where
 the producer's output lanes differ from the consumer's input lanes. Other edges need no queue
-(`edge_fifo_depth`): every stage's output comes from a register it holds until taken, behind
-a second buffer (a MAC stage's shadow), and every windowed stage's input is its line buffer,
+(`edge_fifo_depth`): every stage's output comes from a register it holds until taken (a MAC
+stage's from a two-entry queue), and every windowed stage's input is its line buffer,
 which takes a beat per cycle while it has a free row — so each stage runs at its own rate and
 the pipeline's interval is its slowest stage's (the cycle model). The exception is a MAC
 stage that drains a fold in several output beats into a narrower consumer: a FIFO of one
-fold's beats lets it free its shadow at its own rate.
+fold's beats lets it requantize the fold at its own rate.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accelgen.cores.layers import ConvLayer, PoolLayer, fmt_of
+from accelgen.cores.mul import SharedMultiplier
 from accelgen.cores.pool import AddStage, ArgMax, ClampStage, GlobalPoolStage
 from accelgen.cores.streams import Broadcast, StreamFifo, WidthConverter
 from accelgen.devices import Device
@@ -53,7 +54,6 @@ from accelgen.quantized import (
     QuantizedGraph,
 )
 from accelgen.scheduler.plan import HardwarePlan, StagePlan
-
 
 
 def edge_fifo_depth(fifo_depths: dict[tuple[str, str], int], producer: StagePlan | None,
@@ -86,7 +86,9 @@ def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan,
         return ConvLayer(layer, x, t[layer.output], pe=sp.pe, simd=sp.simd,
                          ol=sp.lanes_out, ring_style=sp.style(sp.ring_memory),
                          weight_style=sp.style(sp.weight_memory),
+                         param_style=sp.style(sp.param_memory),
                          dsp_products=min(sp.multipliers, sp.dsp_blocks * per_block),
+                         shared_product=sp.shared_dsp >= 0,
                          family=None if device is None else device.family,
                          compact=sp.compact_ring)
     if isinstance(layer, (QMaxPool, QAvgPool)):
@@ -177,6 +179,18 @@ class Accelerator(wiring.Component):
         m.d.comb += [self.loaded.eq(self.loader.done), self.loader.restart.eq(self.load_restart)]
         for k, (_, comp) in enumerate(self.loadable):
             wiring.connect(m, self.loader.port(k), comp.load)
+        # DSP blocks whose two halves serve two stages
+        sharing: dict[int, list] = {}
+        for name, comp in self.stages.items():
+            block = self.plan.stage(name).shared_dsp
+            if block >= 0:
+                sharing.setdefault(block, []).append(comp)
+        for block, comps in sorted(sharing.items()):
+            shapes = [(c.mul.a.shape(), c.mul.b.shape(), c.mul.p.shape()) for c in comps]
+            m.submodules[f"dsp_shared{block}"] = pair = SharedMultiplier(
+                shapes, family=self.plan.device.family)
+            for comp, port in zip(comps, pair.ports, strict=True):
+                wiring.connect(m, comp.mul, port)
 
         # producer stream and lanes of every tensor
         sources: dict[str, tuple[object, int]] = {
@@ -229,23 +243,23 @@ class Accelerator(wiring.Component):
 
         # hardware counters: latency of the last image processed alone, images completed
         in_flight = Signal(8)
-        clock = Signal(32)
-        started = Signal(32)
+        elapsed = Signal(32)  # cycles since the last image that started alone, plus one
         first_beat = Signal(init=1)
-        m.d.sync += clock.eq(clock + 1)
         took_in = self.i.valid & self.i.ready
         done = self.o.valid & self.o.ready & self.o.payload.last
+        started_now = took_in & first_beat
         with m.If(took_in):
             m.d.sync += first_beat.eq(self.i.payload.last)
-            with m.If(first_beat & (in_flight == 0)):
-                m.d.sync += started.eq(clock)
-        started_now = took_in & first_beat
+        with m.If(started_now & (in_flight == 0)):
+            m.d.sync += elapsed.eq(2)  # counts that cycle and the one that ends the image
+        with m.Else():
+            m.d.sync += elapsed.eq(elapsed + 1)
         with m.If(started_now & ~done):
             m.d.sync += in_flight.eq(in_flight + 1)
         with m.Elif(done & ~started_now):
             m.d.sync += in_flight.eq(in_flight - 1)
         with m.If(done):
-            m.d.sync += [self.latency.eq(clock - started + 1), self.images.eq(self.images + 1)]
+            m.d.sync += [self.latency.eq(elapsed), self.images.eq(self.images + 1)]
         return m
 
 

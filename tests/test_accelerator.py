@@ -3,6 +3,7 @@ the cycle model against simulated cycles, the scheduler's decisions, and the CLI
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -148,3 +149,41 @@ def test_default_model_bit_exact_in_pysim_on_real_images() -> None:
     x = evaluation.x[:3]
     result = simulate(Accelerator(p), golden.quantize_inputs(qg, x)[qg.inputs[0].tensor])
     assert np.array_equal(result.logits, golden.logits(qg, x))
+
+
+def test_dsp_block_shared_by_two_stages_bit_exact(residual_net: tuple) -> None:
+    """Two stages with a product left over share one DSP block (its two halves): here the stem
+    puts 7 of its 8 products on DSPs, the last in a block shared with the dense layer."""
+    qg, x = residual_net
+    p = plan(qg, device("ice40"))
+    stages = []
+    for s in p.stages:
+        if s.layer == "Conv_0":
+            assert s.multipliers == 8
+            s = dataclasses.replace(s, dsp_blocks=3, shared_dsp=0)
+        elif s.kind == "dense":
+            s = dataclasses.replace(s, dsp_blocks=0, shared_dsp=0)
+        stages.append(s)
+    shared = dataclasses.replace(p, stages=tuple(stages))
+    acc = Accelerator(shared)
+    x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
+    result = simulate(acc, x_ir, back_to_back=True, seed=3, idle=0.2, busy=0.3)
+    assert np.array_equal(result.logits, golden.logits(qg, x))
+
+
+def test_scheduler_pairs_odd_products_into_shared_blocks() -> None:
+    """The default model on the UP5K: 16 8-bit products fill the 8 DSP blocks exactly, the
+    depthwise and dense stages' single products paired two to a block."""
+    if not MODELS["dscnn_fmnist"].available:
+        pytest.skip("default model not shipped")
+    from accelgen.cli import quantized_for
+
+    p = plan(quantized_for(None), device("ice40"))
+    assert p.multipliers == 16 and p.resources.dsp == 8
+    on_dsp = sum(2 * s.dsp_blocks + (s.shared_dsp >= 0) for s in p.stages)
+    assert on_dsp == 16
+    blocks: dict[int, int] = {}
+    for s in p.stages:
+        if s.shared_dsp >= 0:
+            blocks[s.shared_dsp] = blocks.get(s.shared_dsp, 0) + 1
+    assert blocks and all(n == 2 for n in blocks.values())

@@ -14,7 +14,8 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from accelgen.cores.mul import ProductArray, lut_multiply
+from accelgen.cores.mul import ProductArray, SharedMultiplier, lut_multiply
+from accelgen.errors import ShapeError
 
 
 @pytest.mark.parametrize(("a_shape", "b_shape"), [
@@ -147,3 +148,51 @@ def test_sb_mac16_16x16_equals_behavioural_product(tmp_path: Path) -> None:
     out = _yosys(script, tmp_path)
     assert out.count("SAT solving finished - no model found.") == len(lanes), out[-3000:]
     assert "model found" not in out.replace("no model found", ""), out[-3000:]
+
+
+class _SharedMiter(wiring.Component):
+    """Two stages' products in the halves of one shared block, against the behavioural ones."""
+
+    def __init__(self) -> None:
+        super().__init__({"a0": In(unsigned(8)), "b0": In(signed(8)), "a1": In(unsigned(6)),
+                          "b1": In(signed(5)), "same": Out(1)})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        shapes = [(unsigned(8), signed(8), signed(17)), (unsigned(6), signed(5), signed(12))]
+        m.submodules.dsp = dsp = SharedMultiplier(shapes, family="ice40")
+        refs = [Signal(signed(17)), Signal(signed(12))]
+        for port, a, b, ref in zip(dsp.ports, (self.a0, self.a1), (self.b0, self.b1), refs,
+                                   strict=True):
+            m.d.comb += [port.a.eq(a), port.b.eq(b)]
+            m.d.sync += ref.eq(a * b)
+        m.d.comb += self.same.eq((dsp.m0.p == refs[0]) & (dsp.m1.p == refs[1]))
+        return m
+
+
+def test_shared_dsp_block_equals_behavioural_products(tmp_path: Path) -> None:
+    """A block whose halves serve two stages (different operand widths, same signedness)
+    registers both products, proven for every input sequence as for the dual mode above."""
+    miter = _SharedMiter()
+    text = rtlil.convert(miter, name="miter", platform=_Ice40(),
+                         ports=[miter.a0, miter.b0, miter.a1, miter.b1, miter.same])
+    (tmp_path / "miter.il").write_text(text)
+    cells = _cells_sim().read_text()
+    start = cells.index("module SB_MAC16")
+    (tmp_path / "sb_mac16.v").write_text(
+        cells[start : cells.index("endmodule", start) + len("endmodule")] + "\n")
+    prelude = ("read_verilog -D NO_ICE40_DEFAULT_ASSIGNMENTS sb_mac16.v; read_rtlil miter.il; "
+               "hierarchy -top miter; proc; flatten; async2sync; opt_clean; ")
+    sat = "sat -seq 3 -set rst 0 -set-at 2 same {} -set-init-zero"
+    differ = _yosys(prelude + sat.format(0), tmp_path)
+    assert "SAT solving finished - no model found." in differ, differ[-2000:]
+    agree = _yosys(prelude + sat.format(1), tmp_path)
+    assert "SAT solving finished - model found" in agree, agree[-2000:]
+
+
+def test_shared_dsp_block_checks_its_operands() -> None:
+    with pytest.raises(ShapeError, match="same operand signedness"):
+        SharedMultiplier([(unsigned(8), signed(8), signed(17)), (signed(8), signed(8),
+                                                                   signed(17))])
+    with pytest.raises(ShapeError, match="one or two products"):
+        SharedMultiplier([])

@@ -4,12 +4,14 @@ model over random configurations, with seeded random backpressure."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accelgen import golden
 from accelgen.cores.layers import PoolLayer, fmt_of
 from accelgen.cores.pool import AddStage, ArgMax, ClampStage, GlobalPoolStage
+from accelgen.cores.streams import Format
 from accelgen.ir import window_output_size
 from accelgen.quantized import (
     QAdd,
@@ -142,3 +144,20 @@ def test_argmax_first_largest(data: st.DataObject, seed: int) -> None:
               {"o": 4 * classes // lanes, "cls": 4}, seed=seed)
     assert [int(v) for v in got["cls"]] == list(logits.reshape(4, -1).argmax(axis=1))
     np.testing.assert_array_equal(beats_to_images(got["o"], 4, 1, 1, classes), logits)
+
+
+@pytest.mark.parametrize(("mode", "h", "w", "c", "lanes", "bits", "signed"), [
+    ("avg", 7, 7, 6, 1, 8, False), ("avg", 3, 4, 4, 2, 5, True), ("max", 5, 5, 4, 1, 8, True),
+    ("avg", 2, 2, 1, 1, 8, False)])
+def test_global_pool_cycle_model(mode: str, h: int, w: int, c: int, lanes: int, bits: int,
+                                 signed: bool) -> None:
+    """Without backpressure, the steady-state cycles per image are the model's exactly: the
+    last pixel's beats one at a time through the division, the next image streaming in."""
+    fmt = Format(h, w, c, bits, signed, lanes)
+    dut = GlobalPoolStage(mode=mode, fmt=fmt)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 1 << (bits - 1), size=(4, h, w, c))
+    got = run(dut, {"i": pixel_beats(images, lanes)}, {"o": 4 * c // lanes}, idle=0.0,
+              busy=0.0)
+    stamps, per_image = got["_stamps"]["o"], c // lanes
+    assert stamps[4 * per_image - 1] - stamps[3 * per_image - 1] == dut.expected_cycles()

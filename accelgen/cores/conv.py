@@ -11,11 +11,17 @@ Two modes, matching the window orders of `SlidingWindow`:
   ``kh * kw`` taps of one channel group; a pixel takes ``C / lanes`` folds.
 
 Pipeline: the accepted beat and its weight-ROM word (read in step) meet one cycle later; the
-products are registered; the next cycle adds them into the accumulators. At a fold's end the
-accumulators are copied to a *shadow* register that the requantizer drains, ``ol`` channels
-per cycle (bias, shift with round half up, clamp), as output beats of ``ol`` lanes. The stage
-accepts a fold-ending beat only when the shadow is free and no other fold end is in flight,
-so nothing is ever dropped.
+products are registered (DSP blocks, a block shared with another stage, or LUT multipliers);
+the next cycle adds them into the accumulators. A cycle after a fold's last product (`fin`)
+the requantizer takes ``ol`` sums at a time — the first straight from the accumulators, the
+fold's other lanes from a shift register they are copied into — through two register stages:
+the bias (rounding term folded in: `accelgen.cores.requant.rounded_bias`) is added, then the
+channel's shift is selected with its saturation flags, into a two-entry output queue; the
+clamp is applied on the way out. The per-channel biases (block RAM or LUTs, as the plan
+places them) and shift indices are read one step ahead from a registered address. The stage
+accepts a fold-ending beat only when no other fold is in flight or still being requantized
+and the queue will have room, so nothing is ever dropped; the registered `blocked` flag keeps
+``i.ready`` one gate from registers.
 
 Cycle model: a fold costs ``max(beats, pe / ol + FOLD_DRAIN)`` cycles when the neighbours keep
 up (`expected_cycles`).
@@ -26,19 +32,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accelgen.cores.mul import ProductArray
-from accelgen.cores.requant import rounded_bias, select_width, shift_clamp, signed_bits
+from accelgen.cores.mul import ProductArray, shared_signature
+from accelgen.cores.requant import (
+    clamp_select,
+    rounded_bias,
+    select_width,
+    shift_select,
+    signed_bits,
+)
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import window_layout
 from accelgen.memory.spram import SinglePortRam
 
-FOLD_DRAIN = 3  # cycles between a fold's last beat entering and its shadow being loaded
+FOLD_DRAIN = 3  # a fold of `steps` output beats ends at most every steps + FOLD_DRAIN cycles
 LOADABLE_STYLE = "huge"  # the ram_style of weights in SPRAM: filled at run time
 
 
@@ -104,14 +116,16 @@ class ConvStage(wiring.Component):
         weight_style: str = "block",
         param_style: str = "logic",
         dsp_products: int = 0,
+        shared_product: bool = False,
         family: str | None = None,
     ) -> None:
         if mode not in ("dense", "depthwise"):
             raise ShapeError(f"MAC stage mode {mode!r}")
         self.mode = mode
         self.weight_style = weight_style
-        self.param_style = __import__("os").environ.get("PSTYLE", param_style)
+        self.param_style = param_style
         self.dsp_products, self.family = dsp_products, family
+        self.shared_product = shared_product
         self.in_fmt, self.out_fmt = in_fmt, out_fmt
         self.w_bits = w_bits
         self.requant = requant
@@ -156,7 +170,17 @@ class ConvStage(wiring.Component):
         }
         if self.loadable:
             members["load"] = In(weight_write_signature(len(self.rom), self.word_bits))
+        if shared_product:
+            if dsp_products >= self.n_products:
+                raise ShapeError(f"no product left for a shared DSP block: {self.n_products} "
+                                 f"products, {dsp_products} on the stage's own blocks")
+            members["mul"] = Out(shared_signature(
+                self.in_fmt.shape, signed(w_bits), self.product_shape))
         super().__init__(members)
+
+    @property
+    def product_shape(self):
+        return signed(self.w_bits + self.in_fmt.bits + 1)
 
     # -- weights loaded at run time (SPRAM cannot be initialised by the bitstream) -------------
     @property
@@ -235,6 +259,12 @@ class ConvStage(wiring.Component):
                  for c in range(g * self.ol, (g + 1) * self.ol)]
                 for g in range(self.c_out // self.ol)]
 
+    @property
+    def bias_bits(self) -> int:
+        """Width of the table's biases (rounding included)."""
+        biases = [e["bias"] for word in self.param_words() for e in word]
+        return signed_bits(min(biases), max(biases))
+
     def elaborate(self, platform) -> Module:
         m = Module()
         pe, simd, ol = self.pe, self.simd, self.ol
@@ -273,14 +303,12 @@ class ConvStage(wiring.Component):
         b_first, b_end, b_last = Signal(), Signal(), Signal()
 
         acc = Signal(data.ArrayLayout(acc_shape, pe))
-        # the finished fold, drained `ol` lanes at a time by shifting towards lane 0
-        shadow = Signal(data.ArrayLayout(acc_shape, pe))
-        shadow_full = Signal()
-        shadow_last = Signal()
 
-        end_in_flight = (a_valid & a_end) | (b_valid & b_end)
-        accept_end = ~shadow_full & ~end_in_flight
-        m.d.comb += self.i.ready.eq(~beat.end | accept_end)
+        # a fold's last beat waits while another fold end is in flight, a fold is still being
+        # requantized or the output queue is full (`blocked`, registered from its next state,
+        # so ready is one gate from registers)
+        blocked = Signal()
+        m.d.comb += self.i.ready.eq(~beat.end | ~blocked)
         take = Signal()
         m.d.comb += take.eq(self.i.valid & self.i.ready)
         with m.If(take):
@@ -299,17 +327,18 @@ class ConvStage(wiring.Component):
         else:
             pairs = [(a_x[p // self.multiplier], w[p]) for p in range(pe)]
         m.submodules.products = products = ProductArray(
-            [a for a, _ in pairs], [b for _, b in pairs],
-            signed(self.w_bits + self.in_fmt.bits + 1), dsp=self.dsp_products,
-            family=self.family)
+            [a for a, _ in pairs], [b for _, b in pairs], self.product_shape,
+            dsp=self.dsp_products, family=self.family, shared=self.shared_product)
+        if self.shared_product:
+            m.d.comb += [self.mul.a.eq(products.ext_a), self.mul.b.eq(products.ext_b),
+                         products.ext_p.eq(self.mul.p)]
         for k, product in enumerate(products.p):
             m.d.comb += b_prod[k].eq(product)
 
-        # accumulate (stage C)
+        # accumulate (stage C); a cycle after a fold's last product (`fin`) its sums are final
         steps = pe // ol
-        move = Signal()  # the requantizer takes `ol` lanes of the shadow into the output register
-        out_valid = Signal()
-        m.d.comb += move.eq(shadow_full & (~out_valid | self.o.ready))
+        fin, fin_last = Signal(), Signal()
+        m.d.sync += [fin.eq(b_valid & b_end), fin_last.eq(b_last)]
         for p in range(pe):
             if self.mode == "dense":
                 total = b_prod[p * simd]
@@ -317,60 +346,126 @@ class ConvStage(wiring.Component):
                     total = total + b_prod[p * simd + s]
             else:
                 total = b_prod[p]
-            nxt = Signal(acc_shape, name=f"acc_next{p}")
-            m.d.comb += nxt.eq(Mux(b_first, 0, acc[p]) + total)
             with m.If(b_valid):
-                m.d.sync += acc[p].eq(nxt)
-            with m.If(b_valid & b_end):
-                m.d.sync += shadow[p].eq(nxt)
-            if p + ol < pe:
-                with m.Elif(move):
-                    m.d.sync += shadow[p].eq(shadow[p + ol])
-        with m.If(b_valid & b_end):
-            m.d.sync += [shadow_full.eq(1), shadow_last.eq(b_last)]
+                m.d.sync += acc[p].eq(Mux(b_first, total, acc[p] + total))
 
-        # requantize `ol` lanes of the shadow per move into the output register; the table of
-        # biases and shift indices is read one move ahead (a registered read: block RAM, or
-        # LUTs and flip-flops)
+        # requantize `ol` sums at a time, in two register stages: `load` adds the biases into
+        # `u` — at `fin` straight from the accumulators (the next fold's first product
+        # overwrites them a cycle later), the fold's other lanes later from `rest` — then a
+        # push shifts and flags them into a two-entry output queue
+        entry = data.StructLayout({
+            "lanes": data.ArrayLayout(data.StructLayout(
+                {"t": signed(signed_bits(self.requant.lo, self.requant.hi)), "ovf": 1,
+                 "sign": 1}), ol),
+            "last": 1,
+        })
+        q0, q1 = Signal(entry), Signal(entry)
+        q0_valid, q1_valid = Signal(), Signal()
+        u_valid, u_last = Signal(), Signal()
+        pop, push, load = Signal(), Signal(), Signal()
+        new = Signal(entry)
+        m.d.comb += [
+            pop.eq(q0_valid & self.o.ready),
+            push.eq(u_valid & (~q1_valid | pop)),
+            new.last.eq(u_last),
+        ]
+        sources = [acc[k] for k in range(ol)]
+        pending_next = Const(0)
+        if steps > 1:
+            rest = Signal(data.ArrayLayout(acc_shape, pe - ol))
+            rest_last = Signal()
+            pending = Signal(range(steps))  # loads left of the current fold
+            pending_next = Signal.like(pending)
+            later = Signal()
+            m.d.comb += [
+                # `u` is free, or certain to move on this cycle (the queue has a free entry)
+                later.eq((pending != 0) & (~u_valid | ~q1_valid)),
+                load.eq(fin | later),
+                pending_next.eq(Mux(fin, steps - 1, Mux(later, pending - 1, pending))),
+            ]
+            m.d.sync += pending.eq(pending_next)
+            sources = [Mux(fin, acc[k], rest[k]) for k in range(ol)]
+            with m.If(fin):
+                m.d.sync += rest_last.eq(fin_last)
+                for r in range(pe - ol):
+                    m.d.sync += rest[r].eq(acc[ol + r])
+            with m.Elif(later):
+                for r in range(pe - 2 * ol):
+                    m.d.sync += rest[r].eq(rest[r + ol])
+            with m.If(load):
+                m.d.sync += u_last.eq(Mux(fin, 0, rest_last & (pending == 1)))
+        else:
+            m.d.comb += load.eq(fin)
+            with m.If(load):
+                m.d.sync += u_last.eq(fin_last)
+        u_valid_next = Signal()
+        m.d.comb += u_valid_next.eq(load | (u_valid & ~push))
+        m.d.sync += u_valid.eq(u_valid_next)
+        q1_valid_next = Signal()
+        m.d.comb += q1_valid_next.eq(Mux(pop, q1_valid & push, q1_valid | (push & q0_valid)))
+        m.d.sync += q1_valid.eq(q1_valid_next)
+        with m.If(pop):
+            with m.If(q1_valid):
+                m.d.sync += q0.eq(q1)
+                with m.If(push):
+                    m.d.sync += q1.eq(new)
+            with m.Else():
+                m.d.sync += q0_valid.eq(push)
+                with m.If(push):
+                    m.d.sync += q0.eq(new)
+        with m.Elif(push):
+            with m.If(q0_valid):
+                m.d.sync += q1.eq(new)
+            with m.Else():
+                m.d.sync += [q0.eq(new), q0_valid.eq(1)]
+        # a fold end may enter when, by its `fin`, `u` is sure to be free: no other fold in
+        # flight or being loaded, and `u` empty or able to move on (the queue not full)
+        m.d.sync += blocked.eq((take & beat.end) | (a_valid & a_end) | (b_valid & b_end)
+                               | (pending_next != 0) | (u_valid_next & q1_valid_next))
+
+        # the table of biases (block RAM or LUTs, as `param_style` says) and shift indices
+        # (LUTs) is read one load ahead into the read ports' registers, from a registered
+        # address: a load only enables them
         rq = self.requant
         words = self.param_words()
         biases = [e["bias"] for word in words for e in word]
-        bias_bits = max(signed_bits(min(biases), max(biases)), 1)
+        bias_bits = self.bias_bits
         multi = len(rq.shifts) > 1
-        fields = {"bias": signed(bias_bits)}
+        ahead = Signal(range(len(words)))  # the group after the one in the ports' registers
+        primed = Signal()  # the first group is in the ports' registers
+        fetch = load | ~primed
+        with m.If(fetch):
+            m.d.sync += [primed.eq(1), ahead.eq(Mux(ahead == len(words) - 1, 0, ahead + 1))]
+        m.submodules.biases = bias_mem = Memory(
+            shape=data.ArrayLayout(signed(bias_bits), ol), depth=len(words),
+            init=[[e["bias"] for e in word] for word in words],
+            attrs={"ram_style": self.param_style})
+        bias_port = bias_mem.read_port()
+        m.d.comb += [bias_port.addr.eq(ahead), bias_port.en.eq(fetch)]
+        sel_port = None
         if multi:
-            fields["sel"] = select_width(rq.shifts)
-        group_layout = data.ArrayLayout(data.StructLayout(fields), ol)
-        init = [[{k: e[k] for k in fields} for e in word] for word in words]
-        m.submodules.params = params = Memory(shape=group_layout, depth=len(words), init=init,
-                                              attrs={"ram_style": self.param_style})
-        pport = params.read_port()
-        group = Signal(range(len(words)))
-        group_next = Signal.like(group)
-        step = Signal(range(steps))
-        with m.If(move):
-            m.d.comb += group_next.eq(Mux(group == len(words) - 1, 0, group + 1))
-        with m.Else():
-            m.d.comb += group_next.eq(group)
-        m.d.sync += group.eq(group_next)
-        m.d.comb += pport.addr.eq(group_next)
+            m.submodules.selects = sel_mem = Memory(
+                shape=data.ArrayLayout(select_width(rq.shifts), ol), depth=len(words),
+                init=[[e["sel"] for e in word] for word in words], attrs={"ram_style": "logic"})
+            sel_port = sel_mem.read_port()
+            m.d.comb += [sel_port.addr.eq(ahead), sel_port.en.eq(fetch)]
+            sel_reg = Signal.like(sel_port.data)  # travels with `u`
+            with m.If(load):
+                m.d.sync += sel_reg.eq(sel_port.data)
         lo_sum, hi_sum = self.sum_range
-        out = Signal(self.o.payload.shape())
-        m.d.comb += [self.o.payload.eq(out), self.o.valid.eq(out_valid)]
-        with m.If(move):
-            m.d.sync += [out_valid.eq(1), out.last.eq(shadow_last & (step == steps - 1))]
-            for k in range(ol):
-                entry = pport.data[k]
-                u = Signal(signed(signed_bits(lo_sum + min(biases), hi_sum + max(biases))),
-                           name=f"biased{k}")
-                m.d.comb += u.eq(shadow[k] + entry.bias)
-                m.d.sync += out.data[k].eq(shift_clamp(
-                    u, rq.shifts, entry.sel if multi else None, rq.lo, rq.hi,
-                    self.out_fmt.shape))
-            with m.If(step == steps - 1):
-                m.d.sync += [step.eq(0), shadow_full.eq(0)]
-            with m.Else():
-                m.d.sync += step.eq(step + 1)
-        with m.Elif(self.o.ready):
-            m.d.sync += out_valid.eq(0)
+        # a queue entry holds the selected shift and its saturation flags; the clamp is applied
+        # on the way out (no constant-selecting logic behind the registers' enables)
+        for k in range(ol):
+            u = Signal(signed(signed_bits(lo_sum + min(biases), hi_sum + max(biases))),
+                       name=f"biased{k}")
+            with m.If(load):
+                m.d.sync += u.eq(sources[k] + bias_port.data[k])
+            t, ovf, sign = shift_select(u, rq.shifts, None if sel_port is None
+                                        else sel_reg[k], rq.lo, rq.hi)
+            m.d.comb += [new.lanes[k].t.eq(t), new.lanes[k].ovf.eq(ovf),
+                         new.lanes[k].sign.eq(sign)]
+            lane = q0.lanes[k]
+            m.d.comb += self.o.payload.data[k].eq(clamp_select(
+                lane.t, lane.ovf, lane.sign, rq.lo, rq.hi, self.out_fmt.shape))
+        m.d.comb += [self.o.valid.eq(q0_valid), self.o.payload.last.eq(q0.last)]
         return m

@@ -66,8 +66,9 @@ class ConvLayer(wiring.Component):
 
     def __init__(self, layer: QConv | QDense, x: QTensor, y: QTensor, *, pe: int, simd: int,
                  ol: int, ring_style: str = "block", weight_style: str = "block",
-                 dsp_products: int = 0, family: str | None = None,
-                 compact: bool = False) -> None:
+                 param_style: str = "logic",
+                 dsp_products: int = 0, shared_product: bool = False,
+                 family: str | None = None, compact: bool = False) -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
         c_out = layer.weight.shape[0]
@@ -102,11 +103,14 @@ class ConvLayer(wiring.Component):
             weight=conv_weight(layer, x), w_bits=layer.w_bits, acc_bits=layer.acc_bits,
             requant=Requant(layer.bias, layer.shift, layer.lo, layer.hi), pe=pe,
             folds_per_pixel=folds, pixels=oh * ow, weight_style=weight_style,
-            dsp_products=dsp_products, family=family,
+            param_style=param_style,
+            dsp_products=dsp_products, shared_product=shared_product, family=family,
         )
         members = {"i": In(self.in_fmt.signature), "o": Out(self.out_fmt.signature)}
         if self.mac.loadable:
             members["load"] = In(self.mac.load.signature.flip())
+        if shared_product:
+            members["mul"] = Out(self.mac.mul.signature)
         super().__init__(members)
 
     def expected_cycles(self) -> float:
@@ -128,6 +132,8 @@ class ConvLayer(wiring.Component):
         wiring.connect(m, self.mac.o, wiring.flipped(self.o))
         if self.mac.loadable:
             wiring.connect(m, wiring.flipped(self.load), self.mac.load)
+        if self.mac.shared_product:
+            wiring.connect(m, wiring.flipped(self.mul), self.mac.mul)
         return m
 
 

@@ -11,6 +11,10 @@ The first `dsp` products go to DSP blocks, the rest are LUT multipliers:
 * **LUT multipliers**: explicit shift-and-add partial products, which Yosys does not turn back
   into DSP cells, so the DSP count is the plan's.
 
+A product may also be *shared*: computed outside the array, by a `SharedMultiplier` — one iCE40
+block whose two 8x8 halves serve two stages that each have one product left over (a stage
+with an odd number of products would otherwise leave half a block idle).
+
 In simulation (no platform) every product is the behavioural ``a * b``; `dsp_model` mirrors the
 iCE40 cell for tests, and `tests/test_mul.py` proves the instantiated cell equal to ``a * b``
 with Yosys' own simulation model (`ice40/cells_sim.v`).
@@ -30,6 +34,8 @@ from amaranth import (
     Value,
     signed,
 )
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from accelgen.errors import ShapeError
 
@@ -101,22 +107,74 @@ def _ext(v: Value, width: int, signed_: bool) -> Value:
     return Cat(v, *([top] * pad)) if pad else v
 
 
+def shared_signature(a_shape: Shape, b_shape: Shape, p_shape: Shape) -> wiring.Signature:
+    """A stage's side of a shared product: operands out, the registered product in."""
+    return wiring.Signature({"a": Out(a_shape), "b": Out(b_shape), "p": In(p_shape)})
+
+
+class SharedMultiplier(wiring.Component):
+    """Registered ``p = a * b`` for one or two stages (ports ``m0``, ``m1``): one iCE40
+    ``SB_MAC16`` in dual 8x8 mode on an iCE40 platform, behavioural elsewhere."""
+
+    def __init__(self, shapes: list[tuple[Shape, Shape, Shape]], family: str | None = None
+                 ) -> None:
+        if not 1 <= len(shapes) <= 2:
+            raise ShapeError(f"a shared DSP block serves one or two products, not {len(shapes)}")
+        if len({(Shape.cast(a).signed, Shape.cast(b).signed) for a, b, _ in shapes}) > 1:
+            raise ShapeError("the halves of a shared DSP block need the same operand signedness")
+        self.family = family
+        super().__init__({f"m{k}": In(shared_signature(*shape))
+                          for k, shape in enumerate(shapes)})
+
+    @property
+    def ports(self) -> list:
+        return [getattr(self, f"m{k}") for k in range(len(self.signature.members))]
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        ports = self.ports
+        if platform is None or self.family != "ice40":
+            for port in ports:
+                m.d.sync += port.p.eq(port.a * port.b)
+            return m
+        a_signed = ports[0].a.shape().signed
+        b_signed = ports[0].b.shape().signed
+        other = ports[-1]
+        p0, p1 = _ice40_pair(m, ports[0].a, ports[0].b, other.a, other.b, a_signed, b_signed,
+                             ClockSignal("sync"), "mac")
+        m.d.comb += ports[0].p.eq(p0)
+        if len(ports) == 2:
+            m.d.comb += ports[1].p.eq(p1)
+        return m
+
+
 class ProductArray(Elaboratable):
-    """``p[k] = a[k] * b[k]`` registered, the first `dsp` of them on DSP blocks."""
+    """``p[k] = a[k] * b[k]`` registered, the first `dsp` of them on DSP blocks; with `shared`,
+    product `dsp` comes from a `SharedMultiplier` through ``ext_a``, ``ext_b`` and ``ext_p``."""
 
     def __init__(self, a: list[Value], b: list[Value], product_shape: Shape, *, dsp: int = 0,
-                 family: str | None = None) -> None:
+                 family: str | None = None, shared: bool = False) -> None:
         if len(a) != len(b):
             raise ShapeError(f"{len(a)} a operands for {len(b)} b operands")
         self.a, self.b = a, b
         self.dsp = min(dsp, len(a))
+        if shared and self.dsp >= len(a):
+            raise ShapeError(f"no product left for a shared DSP block ({len(a)} on DSPs)")
         self.family = family
+        self.shared = shared
         self.p = [Signal(product_shape, name=f"p{k}") for k in range(len(a))]
+        if shared:
+            self.ext_a = Signal(a[self.dsp].shape(), name="ext_a")
+            self.ext_b = Signal(b[self.dsp].shape(), name="ext_b")
+            self.ext_p = Signal(product_shape, name="ext_p")
 
     def elaborate(self, platform) -> Module:
         m = Module()
         on_ice40 = platform is not None and self.family == "ice40"
         for k, (a, b) in enumerate(zip(self.a, self.b, strict=True)):
+            if self.shared and k == self.dsp:
+                m.d.comb += [self.ext_a.eq(a), self.ext_b.eq(b), self.p[k].eq(self.ext_p)]
+                continue
             if k < self.dsp and on_ice40:
                 continue  # placed below, in pairs
             if k < self.dsp or platform is None:

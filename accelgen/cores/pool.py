@@ -6,7 +6,8 @@
   ``(((2*sum + c) * m) >> k) - big_k`` with per-``n`` constants (`accelgen.golden.reciprocal`,
   one shared ``k``).
 * `GlobalPoolStage`: mean or max over all pixels of each channel, streaming (running sums in
-  block RAM, one word per channel group); the last pixel's beats come out as the result.
+  block RAM, one word per channel group); the last pixel's beats come out as the result, the
+  mean by exact restoring division (one quotient bit per cycle) instead of a multiplier.
 * `AddStage`: ``requantize((a << align_a) + (b << align_b))`` lane by lane.
 * `ClampStage`: a standalone activation (requantize by a constant shift, clamp).
 * `ArgMax`: passes the logits through and emits the index of the first largest one per image.
@@ -15,7 +16,7 @@
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -143,10 +144,22 @@ class WindowPoolStage(wiring.Component):
         return out
 
 
-def global_pool_final_cycles(mode: str, bits: int) -> int:
-    """Cycles a `GlobalPoolStage` spends per beat of an image's last pixel: into the running
-    value, then (average) the `bits` steps of the division, out."""
-    return 2 + (bits if mode == "avg" else 0)
+def global_pool_cycles(mode: str, fmt: Format) -> int:
+    """Steady-state cycles per image of a `GlobalPoolStage`: a beat per cycle, but the beats of
+    the last pixel one at a time, each through the running value, (average) the `bits` steps
+    of the division, and out — while the next image's beats already stream in."""
+    final = 2 + (fmt.bits if mode == "avg" else 0)
+    cl = fmt.beats_per_pixel
+    return max((fmt.height * fmt.width - 1) * cl + 1, final) + (cl - 1) * final
+
+
+def global_pool_value_bits(mode: str, fmt: Format) -> int:
+    """Width of a `GlobalPoolStage`'s running value of one channel (mean: ``n // 2`` plus the
+    codes less the lowest code, see the class)."""
+    if mode == "max":
+        return fmt.bits
+    n = fmt.height * fmt.width
+    return (n // 2 + ((1 << fmt.bits) - 1) * n).bit_length()
 
 
 class GlobalPoolStage(wiring.Component):
@@ -171,16 +184,11 @@ class GlobalPoolStage(wiring.Component):
         super().__init__({"i": In(fmt.signature), "o": Out(self.out_fmt.signature)})
 
     def expected_cycles(self) -> int:
-        fmt = self.fmt
-        return ((self.pixels - 1) * fmt.beats_per_pixel
-                + fmt.beats_per_pixel * global_pool_final_cycles(self.mode, fmt.bits))
+        return global_pool_cycles(self.mode, self.fmt)
 
     def value_bits(self) -> int:
         """Width of the running value of one channel."""
-        if self.mode == "max":
-            return self.fmt.bits
-        n = self.pixels
-        return (n // 2 + ((1 << self.fmt.bits) - 1) * n).bit_length()
+        return global_pool_value_bits(self.mode, self.fmt)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -194,15 +202,18 @@ class GlobalPoolStage(wiring.Component):
 
         beat_idx = Signal(range(max(cl, 2)))
         pixel = Signal(range(max(n, 2)))
-        last_pixel = pixel == n - 1
+        last_pixel = Signal(init=n == 1)  # pixel == n - 1, kept as a register (ready's path)
         busy = Signal()  # a last-pixel beat is being finished
         out_valid = Signal()
         take = Signal()
         m.d.comb += [
-            self.i.ready.eq(~last_pixel | ~busy),
+            # the next last-pixel beat may enter as the output leaves
+            self.i.ready.eq(~last_pixel | ~busy | (out_valid & self.o.ready)),
             take.eq(self.i.valid & self.i.ready),
             self.o.valid.eq(out_valid),
         ]
+        with m.If(self.o.valid & self.o.ready):  # (before the assignments that may override)
+            m.d.sync += [out_valid.eq(0), busy.eq(0)]
         # stage r: the accepted beat, registered, with its group's running value
         r_valid, r_first, r_final, r_last = Signal(), Signal(), Signal(), Signal()
         r_x = Signal(data.ArrayLayout(fmt.shape, fmt.lanes))
@@ -213,7 +224,8 @@ class GlobalPoolStage(wiring.Component):
             if cl > 1:
                 m.d.sync += beat_idx.eq(Mux(beat_idx == cl - 1, 0, beat_idx + 1))
             with m.If(beat_idx == cl - 1):
-                m.d.sync += pixel.eq(Mux(last_pixel, 0, pixel + 1))
+                m.d.sync += [pixel.eq(Mux(last_pixel, 0, pixel + 1)),
+                             last_pixel.eq(Mux(last_pixel, n == 1, pixel == n - 2))]
             with m.If(last_pixel):
                 m.d.sync += busy.eq(1)
         new = Signal(word)
@@ -236,7 +248,6 @@ class GlobalPoolStage(wiring.Component):
             old = Signal(word)
             with m.If(r_valid):
                 m.d.sync += old.eq(new)
-        lowest = _lowest(fmt)
         for lane in range(fmt.lanes):
             x = r_x[lane]
             if avg:  # x - lo: the code read as unsigned (a signed code's top bit flipped)
@@ -280,9 +291,6 @@ class GlobalPoolStage(wiring.Component):
         else:
             with m.If(start):
                 m.d.sync += [out_valid.eq(1), result.data.eq(new)]
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += [out_valid.eq(0), busy.eq(0)]
-        del lowest
         return m
 
 
@@ -377,27 +385,39 @@ class ArgMax(wiring.Component):
         started = Signal()
         cls_full = Signal()
         cls_reg = Signal.like(self.cls.payload)
+        # the beats pass through; a copy is compared a cycle later (off the stream's path)
+        r_valid, r_last = Signal(), Signal()
+        r_data = Signal(data.ArrayLayout(fmt.shape, fmt.lanes))
+        r_base = Signal.like(base)
         last = self.i.payload.last
-        room = ~last | ~cls_full | self.cls.ready
+        # an image's last beat enters once its class will have a free register
+        room = ~last | (~(r_valid & r_last) & (~cls_full | self.cls.ready))
+        take = Signal()
         m.d.comb += [
             self.o.payload.eq(self.i.payload),
             self.o.valid.eq(self.i.valid & room),
             self.i.ready.eq(self.o.ready & room),
+            take.eq(self.i.valid & self.i.ready),
             self.cls.valid.eq(cls_full),
             self.cls.payload.eq(cls_reg),
         ]
         with m.If(self.cls.valid & self.cls.ready):
             m.d.sync += cls_full.eq(0)
-        # running maximum over this beat's lanes, starting from the previous beats' best
-        cur_v, cur_i = Mux(started, best, self.i.payload.data[0]), Mux(started, best_idx, base)
-        for lane in range(fmt.lanes):
-            v = self.i.payload.data[lane]
+        m.d.sync += r_valid.eq(take)
+        with m.If(take):
+            m.d.sync += [r_data.eq(self.i.payload.data), r_last.eq(last), r_base.eq(base),
+                         base.eq(Mux(last, 0, base + fmt.lanes))]
+        # running maximum over this beat's lanes, starting from the previous beats' best (the
+        # first lane wins outright at an image's start)
+        first = ~started | (r_data[0] > best)
+        cur_v, cur_i = Mux(first, r_data[0], best), Mux(first, r_base, best_idx)
+        for lane in range(1, fmt.lanes):
+            v = r_data[lane]
             better = v > cur_v
-            cur_v, cur_i = Mux(better, v, cur_v), Mux(better, base + lane, cur_i)
-        with m.If(self.i.valid & self.i.ready):
-            with m.If(last):
-                m.d.sync += [started.eq(0), base.eq(0), cls_full.eq(1), cls_reg.eq(cur_i)]
+            cur_v, cur_i = Mux(better, v, cur_v), Mux(better, r_base + lane, cur_i)
+        with m.If(r_valid):
+            with m.If(r_last):
+                m.d.sync += [started.eq(0), cls_full.eq(1), cls_reg.eq(cur_i)]
             with m.Else():
-                m.d.sync += [started.eq(1), best.eq(cur_v), best_idx.eq(cur_i),
-                             base.eq(base + fmt.lanes)]
+                m.d.sync += [started.eq(1), best.eq(cur_v), best_idx.eq(cur_i)]
         return m

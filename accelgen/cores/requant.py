@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Cat, Const, Mux, Shape, Value, signed
+from amaranth import Array, Cat, Const, Mux, Shape, Value, signed
 
 
 def rounded_bias(bias: int, shift: int) -> int:
@@ -31,15 +31,14 @@ def signed_bits(lo: int, hi: int) -> int:
     return max(int(hi).bit_length(), (-int(lo) - 1).bit_length() if lo < 0 else 0) + 1
 
 
-def shift_clamp(u: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,
-                out_shape: Shape) -> Value:
-    """``clamp(u >> shifts[select], lo, hi)`` (``u << -s`` for a negative shift) for signed `u`;
-    `select` may be None when there is one shift."""
+def shift_select(u: Value, shifts: Sequence[int], select: Value | None, lo: int,
+                 hi: int) -> tuple[Value, Value, Value]:
+    """The first half of `shift_clamp`: ``(t, overflow, sign)`` — ``u >> shifts[select]`` in
+    `signed_bits(lo, hi)` bits, whether it did not fit them, and ``u``'s sign."""
     if not u.shape().signed:
         u = Cat(u, Const(0, 1)).as_signed()  # zero-extend, then read as signed
     width = len(u)
     t_bits = signed_bits(lo, hi)
-    sign = u[width - 1]
 
     def bit(i: int) -> Value:
         if i < 0:
@@ -56,17 +55,31 @@ def shift_clamp(u: Value, shifts: Sequence[int], select: Value | None, lo: int, 
             upper = u[max(top, 0):]
             overflows.append((upper != 0) & (upper != (1 << len(upper)) - 1))
     t, ovf = candidates[0], overflows[0]
-    if len(shifts) > 1:
+    if len(shifts) > 1:  # a balanced multiplexer tree (not a priority chain)
         assert select is not None
-        for k in range(1, len(shifts)):
-            t = Mux(select == k, candidates[k], t)
-            ovf = Mux(select == k, overflows[k], ovf)
+        t = Array(candidates)[select]
+        ovf = Array(overflows)[select]
+    return t, ovf, u[width - 1]
+
+
+def clamp_select(t: Value, ovf: Value, sign: Value, lo: int, hi: int,
+                 out_shape: Shape) -> Value:
+    """The second half of `shift_clamp`: saturate on overflow by the sign, else clamp `t`."""
+    t_bits = signed_bits(lo, hi)
     inside = t
     if lo > -(1 << (t_bits - 1)):
         inside = Mux(t < lo, lo, inside)
     if hi < (1 << (t_bits - 1)) - 1:
         inside = Mux(t > hi, hi, inside)
     return _narrow(Mux(ovf, Mux(sign, lo, hi), inside), out_shape)
+
+
+def shift_clamp(u: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,
+                out_shape: Shape) -> Value:
+    """``clamp(u >> shifts[select], lo, hi)`` (``u << -s`` for a negative shift) for signed `u`;
+    `select` may be None when there is one shift."""
+    t, ovf, sign = shift_select(u, shifts, select, lo, hi)
+    return clamp_select(t, ovf, sign, lo, hi, out_shape)
 
 
 def requantize(v: Value, shifts: Sequence[int], select: Value | None, lo: int, hi: int,

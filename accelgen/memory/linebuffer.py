@@ -18,11 +18,19 @@ Two tap orders:
 Flow control works on whole rows, so no tap can be read before it is written or overwritten
 before it is read: the writer may write row ``g`` once fewer than ``R`` rows are held; the
 reader starts output row ``oy`` once every input row it needs has been written, and releases
-the rows the next output row no longer needs. With ``R = kh + sh`` the writer fills the next
-rows while the reader works, so neither side waits in steady state.
+the rows the next output row no longer needs once their last tap has been read. With
+``R = kh + sh`` the writer fills the next rows while the reader works, so neither side waits
+in steady state.
+
+Hardware: two small counters, offset so that each flag is a sign bit, follow the rows the
+writer may still write and the rows the reader still lacks (`ready` and the reader's issue
+are register bits); the reader computes each tap's address and flags into a pipeline register,
+then reads the ring into the output register (the block RAM's own read register, its
+read-during-write logic dropped: ``no_rw_check``); both stages move together when the output
+is free or being taken, so no output FIFO is needed.
 
 Cycle model (`expected_cycles`): one window beat per cycle while the consumer takes them, plus
-`ROW_OVERHEAD` cycles per output row; the writer takes one input beat per cycle.
+`ROW_OVERHEAD` (none) cycles per output row; the writer takes one input beat per cycle.
 """
 
 from __future__ import annotations
@@ -100,8 +108,7 @@ class WindowGeometry:
 
     def row_read_cycles(self, pixel_cycles: float | None = None, repeats: int = 1) -> float:
         """Cycles the reader spends on one output row: a beat per cycle plus `ROW_OVERHEAD`,
-        or the consumer's `pixel_cycles` per position when that is slower (the reader's FIFO
-        hides its row overhead then)."""
+        or the consumer's `pixel_cycles` per position when that is slower."""
         ow = self.out_hw[1]
         beats = ow * repeats * self.taps * self.fmt.beats_per_pixel
         read = beats + ROW_OVERHEAD
@@ -224,15 +231,26 @@ class SlidingWindow(wiring.Component):
         slot_lo = _register(m, "slot_lo", 0, R - 1, init=(-pt) % R)  # ring slot of row y_lo
 
         # ---- row accounting ---------------------------------------------------------------
-        # `avail`: input rows written, counted from the reader's current image's row 0 (the
-        # writer may be into the next image, or still behind: rows a stride skips at the
-        # bottom). The reader has released the rows above max(y_lo, 0) of its image.
-        avail = Signal(range(-H, H + R + 2))
-        freed = _clamp(y_lo, y_first, y_final, 0, H)
-        need = _clamp(y_lo + kh, y_first + kh, y_final + kh, 0, H)
+        # With `avail` the input rows written, counted from the reader's current image's row 0
+        # (the writer may be into the next image, or still behind: rows a stride skips at the
+        # bottom), the reader has released the rows above `freed(y_lo)` and the current output
+        # row needs `need(y_lo)` rows. Two small registers follow the differences that matter,
+        # `held = avail - freed` (the writer may write while < R) and `deficit = need - avail`
+        # (the reader may read while <= 0), so ready and issue are each a register's bit
+        def freed(y0: int) -> int:  # rows above output row y0's window, within the image
+            return min(max(y0, 0), H)
+
+        def need(y0: int) -> int:  # rows the window starting at row y0 needs written
+            return min(max(y0 + kh, 0), H)
+
+        # (both kept offset so that the flag is the sign bit: `held - R`, `deficit - 1`)
+        span = H + R + 2
+        held = Signal(range(-span - R, span + 1), init=-R)
+        deficit = Signal(range(-span - 1, 2 * span + 1), init=need(y_first) - 1)
         can_write = Signal()
         rows_ok = Signal()
-        m.d.comb += [can_write.eq(avail - freed < R), rows_ok.eq(avail >= need)]
+        m.d.comb += [can_write.eq(held.as_unsigned()[-1]),
+                     rows_ok.eq(deficit.as_unsigned()[-1])]
 
         # ---- writer: input beats into the ring, whole rows at a time ----------------------
         waddr = _register(m, "waddr", 0, g.words - 1)
@@ -262,11 +280,18 @@ class SlidingWindow(wiring.Component):
             inside = inside & (x >= 0)
         if x_final + kw - 1 >= W:
             inside = inside & (x < W)
-        # ring address: the tap's row slot (slot_lo + ky, wrapped) times the row, plus the column
+        # ring address: the tap's row slot (slot_lo + ky, wrapped) times the row, plus its
+        # column ``x * CL + cf``; where that takes a multiplication (several pixels of several
+        # beats per row), the column is a register that steps by constants as the loops
+        # advance (modulo the address width: a padded tap's column is never used)
         slot_sum = slot_lo + ky
         row_base = Array([Const((s % R) * RW, range(g.words)) for s in range(R + kh - 1)])
-        col = x.as_unsigned() * CL + cf if W > 1 else cf
-        m.d.comb += rp.addr.eq(row_base[slot_sum] + col)
+        col_bits = max(1, (g.words - 1).bit_length())
+        stepped = W > 1 and CL > 1
+        if stepped:
+            col = Signal(col_bits, init=(x_first * CL) % (1 << col_bits))
+        else:
+            col = x.as_unsigned() if W > 1 else cf
 
         last_cf = cf == CL - 1
         last_kx = kx == kw - 1
@@ -285,12 +310,36 @@ class SlidingWindow(wiring.Component):
         end_of_row = end_of_pixel & last_ox
         end_of_image = end_of_row & last_oy
 
-        # one output register: the read port's own data register plus the flags beside it
+        # per output row (constants, by the row's y_lo): the rows it releases and the further
+        # rows the next output row needs; the image's last row moves to the next image
+        release, more = Signal(range(sh + 1)), Signal(range(sh + 1))
+        m.d.comb += [release.eq(sh), more.eq(sh)]
+        with m.Switch(y_lo):
+            for y0 in range(y_first, y_final, sh):
+                r, n = freed(y0 + sh) - freed(y0), need(y0 + sh) - need(y0)
+                if (r, n) != (sh, sh):
+                    with m.Case(y0):
+                        m.d.comb += [release.eq(r), more.eq(n)]
+        image_release = H - freed(y_final)
+        image_more = need(y_first) - need(y_final) + H
+
+        # two pipeline stages, moving together whenever the output register is free or being
+        # read (`advance`): the tap's address and flags into `s1` (issue), then the ring's
+        # read into the output register (the read port's own data register, flags beside it)
         out_valid = Signal()
         flags = Signal(data.StructLayout({"pad": 1, "first": 1, "end": 1, "last": 1}))
+        s1_valid = Signal()
+        s1_flags = Signal.like(flags)
+        s1_addr = Signal(range(g.words))
+        # the rows a finished output row releases, applied once its last tap has been read
+        s1_release = Signal(range(max(sh, image_release) + 1))
+        s1_row_end = Signal()
+        advance = Signal()
         issue = Signal()
         m.d.comb += [
-            issue.eq(rows_ok & (~out_valid | self.o.ready)),
+            advance.eq(~out_valid | self.o.ready),
+            issue.eq(rows_ok & advance),
+            rp.addr.eq(s1_addr),
             self.o.valid.eq(out_valid),
             self.o.payload.pad.eq(flags.pad),
             self.o.payload.first.eq(flags.first),
@@ -299,23 +348,35 @@ class SlidingWindow(wiring.Component):
         ]
         for lane in range(fmt.lanes):
             m.d.comb += self.o.payload.data[lane].eq(Mux(flags.pad, 0, rdata[lane]))
+        with m.If(advance):
+            m.d.sync += [out_valid.eq(s1_valid), flags.eq(s1_flags), s1_valid.eq(rows_ok)]
+            with m.If(s1_valid):
+                m.d.sync += rdata.eq(rp.data)
         with m.If(issue):
             m.d.sync += [
-                rdata.eq(rp.data),
-                out_valid.eq(1),
-                flags.pad.eq(~inside),
-                flags.first.eq(first_of_window),
-                flags.end.eq(end_of_window),
-                flags.last.eq(end_of_image),
+                s1_addr.eq(row_base[slot_sum] + col),
+                s1_flags.pad.eq(~inside),
+                s1_flags.first.eq(first_of_window),
+                s1_flags.end.eq(end_of_window),
+                s1_flags.last.eq(end_of_image),
+                s1_row_end.eq(end_of_row),
+                s1_release.eq(Mux(last_oy, image_release, release)),
             ]
-        with m.Elif(self.o.ready):
-            m.d.sync += out_valid.eq(0)
-
-        with m.If(issue):
             if self.order == "dense":
                 _nest(m, [(cf, CL), (kx, kw), (ky, kh), (rep, self.repeats)])
+                steps = [(end_of_row, None), (end_of_pixel, sw * CL - (kw * CL - 1)),
+                         (last_cf & last_kx, -(kw * CL - 1)), (Const(1), 1)]
             else:
                 _nest(m, [(kx, kw), (ky, kh), (cf, CL)])
+                steps = [(end_of_row, None), (end_of_pixel, sw * CL - (kw - 1) * CL - (CL - 1)),
+                         (last_kx & last_ky, 1 - (kw - 1) * CL), (last_kx, -(kw - 1) * CL),
+                         (Const(1), CL)]
+            if stepped:
+                with m.If(steps[0][0]):
+                    m.d.sync += col.eq((x_first * CL) % (1 << col_bits))
+                for cond, delta in steps[1:]:
+                    with m.Elif(cond):
+                        m.d.sync += col.eq(col + delta)
             with m.If(end_of_pixel):
                 if OW > 1:
                     m.d.sync += x_lo.eq(Mux(last_ox, x_first, x_lo + sw))
@@ -327,7 +388,14 @@ class SlidingWindow(wiring.Component):
                 if R > 1:
                     nxt = slot_lo + step
                     m.d.sync += slot_lo.eq(Mux(nxt >= R, nxt - R, nxt))
-        m.d.sync += avail.eq(avail + row_written - Mux(issue & end_of_image, H, 0))
+        # row accounting: rows written; rows needed as an output row ends (a new image: the
+        # reader's row 0 moves H rows on), rows released once that row's taps are all read
+        read_row_end = advance & s1_valid & s1_row_end
+        m.d.sync += [
+            held.eq(held + row_written - Mux(read_row_end, s1_release, 0)),
+            deficit.eq(deficit - row_written
+                       + Mux(issue & end_of_row, Mux(last_oy, image_more, more), 0)),
+        ]
         return m
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from amaranth import Module, Signal
+from amaranth import Array, Cat, Const, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -65,37 +65,50 @@ class WeightLoader(wiring.Component):
         if not self.targets:
             m.d.comb += self.done.eq(1)
             return m
+        n = len(self.targets)
         max_bytes = max(t.bytes_per_word for t in self.targets)
-        target = Signal(range(len(self.targets) + 1))
-        addr = Signal(range(max(t.depth for t in self.targets) + 1))
-        byte = Signal(range(max_bytes + 1))
-        word = Signal(8 * max_bytes)
+        target = Signal(range(n))
+        addr = Signal(range(max(t.depth for t in self.targets)))
+        byte = Signal(range(max(max_bytes, 2)))
         done = Signal()
         m.d.comb += self.done.eq(done)
         take = self.i.valid & ~done
-        # the word with this cycle's byte in place
-        full = Signal.like(word)
-        m.d.comb += full.eq(word)
-        with m.Switch(byte):
-            for b in range(max_bytes):
-                with m.Case(b):
-                    m.d.comb += full[8 * b : 8 * b + 8].eq(self.i.payload)
+        # the bytes of a word shift in from the top: after a target's last byte, its word
+        # starts `max_bytes - bytes_per_word` bytes up (no byte-position multiplexers)
+        held = Signal(8 * (max_bytes - 1))
+        full = Cat(held, self.i.payload)
+        if max_bytes > 1:
+            with m.If(take):
+                m.d.sync += held.eq(full[8:])
+        last_byte = Signal()
+        last_addr = Signal()
+        m.d.comb += [
+            last_byte.eq(byte == Array([Const(t.bytes_per_word - 1, range(max_bytes))
+                                        for t in self.targets])[target]),
+            last_addr.eq(addr == Array([Const(t.depth - 1, addr.shape())
+                                        for t in self.targets])[target]),
+        ]
         for k, t in enumerate(self.targets):
             port = self.port(k)
-            m.d.comb += [port.addr.eq(addr), port.data.eq(full[: t.word_bits])]
-            last_byte = byte == t.bytes_per_word - 1
-            with m.If(take & (target == k)):
-                with m.If(last_byte):
-                    m.d.comb += port.en.eq(1)
-                    m.d.sync += [byte.eq(0), word.eq(0)]
-                    with m.If(addr == t.depth - 1):
-                        m.d.sync += [addr.eq(0), target.eq(k + 1)]
-                        if k == len(self.targets) - 1:
-                            m.d.sync += done.eq(1)
+            start = 8 * (max_bytes - t.bytes_per_word)
+            m.d.comb += [
+                port.addr.eq(addr),
+                port.data.eq(full[start : start + t.word_bits]),
+                port.en.eq(take & last_byte & (target == k)),
+            ]
+        with m.If(take):
+            with m.If(last_byte):
+                m.d.sync += byte.eq(0)
+                with m.If(last_addr):
+                    m.d.sync += addr.eq(0)
+                    with m.If(target == n - 1):
+                        m.d.sync += done.eq(1)
                     with m.Else():
-                        m.d.sync += addr.eq(addr + 1)
+                        m.d.sync += target.eq(target + 1)
                 with m.Else():
-                    m.d.sync += [byte.eq(byte + 1), word.eq(full)]
+                    m.d.sync += addr.eq(addr + 1)
+            with m.Else():
+                m.d.sync += byte.eq(byte + 1)
         with m.If(self.restart):  # last: overrides this cycle's byte
-            m.d.sync += [target.eq(0), addr.eq(0), byte.eq(0), word.eq(0), done.eq(0)]
+            m.d.sync += [target.eq(0), addr.eq(0), byte.eq(0), done.eq(0)]
         return m

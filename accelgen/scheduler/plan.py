@@ -61,6 +61,10 @@ class StagePlan:
     ring_memory: str = "none"  # the line buffer: "none", "logic", "bram"
     compact_ring: bool = False  # the line buffer holds only the window's rows
     aux_memory: str = "none"  # a global pool's running sums
+    shared_dsp: int = -1
+    """A DSP block (numbered per plan) whose other half belongs to another stage, where one
+    more of this stage's products goes (iCE40 dual 8x8 mode); -1: none. Counted in the glue."""
+    param_memory: str = "none"  # a MAC stage's requantizer bias table: "logic" or "bram"
 
     def style(self, placement: str) -> str:
         """The ``ram_style`` synthesis attribute of a placement."""
@@ -151,7 +155,8 @@ class HardwarePlan:
                 {"layer": s.layer, "kind": s.kind, "parallelism": s.describe(), "pe": s.pe,
                  "simd": s.simd, "lanes_in": s.lanes_in, "lanes_out": s.lanes_out,
                  "cycles": round(s.cycles), "macs": s.macs, "multipliers": s.multipliers,
-                 "dsp_blocks": s.dsp_blocks, "weights": s.weight_memory,
+                 "dsp_blocks": s.dsp_blocks, "shared_dsp": s.shared_dsp,
+                 "weights": s.weight_memory,
                  "resources": {k: round(v, 1) for k, v in s.resources.as_dict().items()}}
                 for s in self.stages
             ],

@@ -3,15 +3,23 @@
 Block memories are counted exactly the way the design asks for them: every memory of the
 pipeline carries a placement (`logic`, `bram`, `spram`) that the plan decides and the generated
 design honours, and the block count of a (depth x width) memory is the cheapest tiling of the
-device's block-RAM aspect ratios. Logic (LUTs, flip-flops) is estimated from the datapath
-widths with per-family coefficients calibrated against Yosys + nextpnr on stage-sized designs
-(`benchmarks/resource_calibration.py`).
+device's block-RAM aspect ratios.
+
+Logic is modelled per hardware block from the widths the block is built with (the same
+parameters the cores elaborate from): flip-flops are counted register by register (`*_ff`),
+LUTs as a weighted sum of *features* — counter bits, adder bits, multiplexer bits, ROM bits,
+LUT-multiplier bit products (`*_features`) — with per-family weights (`LogicModel`). The iCE40
+weights are fitted to Yosys ``synth_ice40`` on the stages of several plans
+(`tests/test_resource_model.py` checks a whole design against synthesis); ECP5 and Gowin
+weights are derived from them (their LUT4s come with wide multiplexers, so multiplexer and ROM
+features cost about half).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from accelgen.devices import Device
 
@@ -22,6 +30,7 @@ BRAM_SHAPES = {
 }
 SPRAM_SHAPE = (16384, 16)
 LOGIC_MEMORY_BITS = 256  # memories this small stay in flip-flops
+ROMS = ("weights", "params")  # memories the design only reads (LUTs when in logic)
 
 
 @dataclass(frozen=True)
@@ -61,32 +70,267 @@ def place(device: Device, purpose: str, depth: int, width: int, *,
 
 @dataclass(frozen=True)
 class LogicModel:
-    """LUT / FF coefficients of one FPGA family."""
+    """LUT weights of one FPGA family: LUTs per unit of each feature (`*_features`)."""
 
-    lut_per_adder_bit: float
-    lut_per_mux_bit: float
-    lut_per_compare_bit: float
-    lut_mult_per_bit2: float  # a LUT multiplier of a x b bits costs ~ this x a x b
-    window_control_lut: float
-    window_control_ff: float
-    stage_control_lut: float
-    stage_control_ff: float
-    logic_memory_lut_per_bit: float
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def luts(self, features: Mapping[str, float]) -> float:
+        return sum(self.weights.get(k, 0.0) * v for k, v in features.items())
 
 
-MODELS = {
-    "ice40": LogicModel(1.0, 1.0, 0.5, 3.0, 140, 90, 40, 30, 0.6),
-    "ecp5": LogicModel(1.0, 0.5, 0.5, 2.2, 120, 90, 35, 30, 0.3),
-    "gowin": LogicModel(1.0, 0.5, 0.5, 2.5, 120, 90, 35, 30, 0.4),
+# iCE40 weights: fitted to synth_ice40 (Yosys 0.70) on the stages of the default model's and the
+# residual test network's plans
+_ICE40 = {
+    # line buffer + window reader
+    "window.base": 11.0,
+    "window.counter_bit": 2.0,  # counters and accounting registers: increment, wrap, compare
+    "window.addr_bit": 0.0,  # the ring address adder (folds into the counters' LUTs)
+    "window.column_bit": 3.0,  # a stepped column register: its adder and step multiplexer
+    "window.pad_bit": 0.9,  # padding checks on the tap's row / column
+    "window.mask_bit": 1.05,  # padded taps read as zeros
+    "window.bram_mux_bit": 0.45,  # block RAMs cascaded in depth: the read multiplexer
+    "ram_bit": 0.75,  # a RAM kept in flip-flops: its read multiplexer
+    # MAC stage
+    "mac.base": 28.0,
+    "mac.counter_bit": 1.4,
+    "mac.acc_bit": 1.6,  # accumulators (and their output queue)
+    "mac.adder_bit": 1.0,  # adder trees over input lanes, the bias adders
+    "mac.mux_bit": 0.3,  # the drain of a fold wider than the output lanes
+    "mac.shift_bit": 0.95,  # the shift selection: per output bit and extra shift candidate
+    "mac.lane": 4.0,  # per output lane: overflow flags, clamp
+    "mac.queue_bit": 0.3,
+    "rom_bit": 0.14,  # a ROM in LUTs (weights, requantizer tables)
+    "lut_mult_bit2": 2.33,  # a LUT multiplier of a x b bits
+    "lut_mult": 0.0,
+    # small stages and glue
+    "stage.base": 5.0,
+    "pool.lane_bit": 3.0,
+    "avgpool.lane_bit": 12.0,
+    "globalpool.base": 30.0,
+    "globalpool.lane_bit": 2.0,
+    "add.lane_bit": 2.5,
+    "clamp.lane_bit": 2.0,
+    "converter.base": 3.0,
+    "converter_bit": 0.2,
+    "fifo.base": 20.0,
+    "argmax.base": 16.0,
+    "argmax.bit": 2.0,
+    "counters.base": 95.0,  # the accelerator's latency and image counters
+    "loader.base": 15.0,
+    "loader.target": 6.0,
 }
 
 
+def _derived(scale_mux: float) -> dict[str, float]:
+    w = dict(_ICE40)
+    for k in ("ram_bit", "rom_bit", "mac.shift_bit", "mac.mux_bit", "window.mask_bit"):
+        w[k] = _ICE40[k] * scale_mux
+    return w
+
+
+MODELS = {
+    "ice40": LogicModel(_ICE40),
+    "ecp5": LogicModel({**_derived(0.5), "lut_mult_bit2": 2.2}),
+    "gowin": LogicModel({**_derived(0.6), "lut_mult_bit2": 2.5}),
+}
+
+
+def bits_for(n: int) -> int:
+    """Width of a counter over `n` values (0 for a single value)."""
+    return (n - 1).bit_length() if n > 1 else 0
+
+
+def signed_range_bits(lo: int, hi: int) -> int:
+    return max(int(hi).bit_length(), (-int(lo) - 1).bit_length() if lo < 0 else 0) + 1
+
+
 def lut_multiplier(model: LogicModel, a_bits: int, b_bits: int) -> float:
-    return model.lut_mult_per_bit2 * a_bits * b_bits + 10
+    return model.luts({"lut_mult_bit2": a_bits * b_bits, "lut_mult": 1})
 
 
 def logic_memory(model: LogicModel, mem: Memory) -> tuple[float, float]:
-    """(LUT, FF) of a memory kept in flip-flops: the bits, and the read multiplexer."""
+    """(LUT, FF) of a memory kept in logic: a RAM in flip-flops with its read multiplexer, or a
+    ROM as LUTs behind its registered read."""
     if mem.placement != "logic":
         return 0.0, 0.0
-    return model.logic_memory_lut_per_bit * mem.bits, float(mem.bits)
+    if mem.purpose in ROMS:
+        return model.luts({"rom_bit": mem.bits}), float(mem.width)
+    return model.luts({"ram_bit": mem.bits}), float(mem.bits)
+
+
+# ------------------------------------------------------------------------------------------
+# the line buffer (`accelgen.memory.linebuffer.SlidingWindow`)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowShape:
+    """What the window reader's logic depends on (from a `WindowGeometry` and its repeats)."""
+
+    height: int
+    width: int
+    beats_per_pixel: int
+    lanes: int
+    bits: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]  # top, left
+    out_hw: tuple[int, int]
+    ring_rows: int
+    repeats: int
+
+    @staticmethod
+    def of(g, repeats: int) -> WindowShape:
+        return WindowShape(g.fmt.height, g.fmt.width, g.fmt.beats_per_pixel, g.fmt.lanes,
+                           g.fmt.bits, g.kernel, g.stride, (g.padding[0], g.padding[1]),
+                           g.out_hw, g.ring_rows, repeats)
+
+    @property
+    def row_words(self) -> int:
+        return self.width * self.beats_per_pixel
+
+    @property
+    def words(self) -> int:
+        return self.ring_rows * self.row_words
+
+    def counters(self) -> list[int]:
+        """Widths of the reader's and writer's counters and accounting registers."""
+        (kh, kw), (sh, sw), (pt, pl) = self.kernel, self.stride, self.padding
+        oh, ow = self.out_hw
+        h, r = self.height, self.ring_rows
+        span = h + r + 2
+        y_bits = signed_range_bits(-pt, (oh - 1) * sh - pt) if oh > 1 else 0
+        x_bits = signed_range_bits(-pl, (ow - 1) * sw - pl) if ow > 1 else 0
+        return [y_bits, x_bits, bits_for(kh), bits_for(kw), bits_for(self.beats_per_pixel),
+                bits_for(self.repeats), bits_for(r), bits_for(self.words),
+                bits_for(self.row_words), signed_range_bits(-span - r, span),
+                signed_range_bits(-span - 1, 2 * span)]
+
+
+    def padded(self) -> tuple[bool, bool, bool, bool]:
+        """Whether any tap falls above, below, left of, right of the image."""
+        (kh, kw), (sh, sw), (pt, pl) = self.kernel, self.stride, self.padding
+        oh, ow = self.out_hw
+        return (pt > 0, (oh - 1) * sh - pt + kh > self.height, pl > 0,
+                (ow - 1) * sw - pl + kw > self.width)
+
+
+    @property
+    def stepped_column(self) -> bool:
+        """The tap's column is a register stepping by constants (not ``x * CL + cf``)."""
+        return self.width > 1 and self.beats_per_pixel > 1
+
+
+def window_features(w: WindowShape, ring: Memory | None) -> dict[str, float]:
+    addr = bits_for(w.words)
+    counters = w.counters()
+    top, bottom, left, right = w.padded()
+    f = {
+        "window.base": 1,
+        "window.counter_bit": sum(counters),
+        "window.addr_bit": addr,
+        "window.column_bit": addr if w.stepped_column else 0,
+        "window.pad_bit": (top + bottom) * counters[0] + (left + right) * counters[1],
+        "window.mask_bit": w.lanes * w.bits if any(w.padded()) else 0,
+    }
+    if ring is not None and ring.placement == "logic":
+        f["ram_bit"] = ring.bits
+    elif ring is not None and ring.placement == "bram":
+        width = w.lanes * w.bits  # blocks cascaded in depth: a read multiplexer
+        f["window.bram_mux_bit"] = width * (math.ceil(w.words / (4096 // min(16, width))) - 1)
+    return f
+
+
+def window_ff(w: WindowShape, ring: Memory | None) -> float:
+    sh = w.stride[0]
+    release = bits_for(max(sh, w.height) + 1)
+    ff = sum(w.counters()) + 9 + bits_for(w.words) * (2 if w.stepped_column else 1) + release
+    if ring is not None and ring.placement == "logic":
+        ff += ring.bits + w.lanes * w.bits
+    return float(ff)
+
+
+def window_logic(model: LogicModel, w: WindowShape, ring: Memory | None
+                 ) -> tuple[float, float]:
+    return model.luts(window_features(w, ring)), window_ff(w, ring)
+
+
+# ------------------------------------------------------------------------------------------
+# the MAC + requantize stage (`accelgen.cores.conv.ConvStage`)
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MacShape:
+    """What a MAC stage's logic depends on."""
+
+    mode: str  # "dense" or "depthwise"
+    pe: int
+    simd: int  # input lanes per beat
+    ol: int
+    in_bits: int
+    w_bits: int
+    sum_bits: int  # accumulator width
+    biased_bits: int  # accumulator plus bias
+    bias_bits: int
+    shifts: int  # distinct requantizer shifts
+    t_bits: int  # the output range as a signed width
+    groups: int  # output beats per pixel x folds: requantizer table depth
+    weight_words: int
+    products: int
+
+    @property
+    def steps(self) -> int:
+        return self.pe // self.ol
+
+    @property
+    def sel_bits(self) -> int:
+        return bits_for(self.shifts) if self.shifts > 1 else 0
+
+    @property
+    def prod_bits(self) -> int:
+        return self.in_bits + self.w_bits + 1
+
+
+def mac_features(s: MacShape, weights: Memory | None, params: Memory | None,
+                 loadable: bool) -> dict[str, float]:
+    adds = s.pe * (s.simd - 1) * s.prod_bits if s.mode == "dense" else 0
+    drain = (s.pe - s.ol) * s.sum_bits + (s.ol * s.sum_bits if s.steps > 1 else 0)
+    rom = s.groups * s.ol * s.sel_bits
+    if params is None or params.placement == "logic":
+        rom += s.groups * s.ol * s.bias_bits
+    if weights is not None and weights.placement == "logic":
+        rom += weights.bits
+    counters = (bits_for(s.weight_words) + bits_for(s.groups) + bits_for(s.steps)
+                + (bits_for(s.weight_words) if loadable else 0))
+    return {
+        "mac.base": 1,
+        "mac.counter_bit": counters,
+        "mac.acc_bit": s.pe * s.sum_bits,
+        "mac.adder_bit": adds + s.ol * s.biased_bits,
+        "mac.mux_bit": drain,
+        "mac.shift_bit": s.ol * s.t_bits * (s.shifts - 1),
+        "mac.lane": s.ol,
+        "mac.queue_bit": s.ol * (s.t_bits + 2),
+        "rom_bit": rom,
+    }
+
+
+def mac_ff(s: MacShape, weights: Memory | None, params: Memory | None, lut_products: int
+           ) -> float:
+    entry = s.ol * (s.t_bits + 2) + 1
+    ff = (s.simd * s.in_bits + 10 + lut_products * s.prod_bits + s.pe * s.sum_bits
+          + (s.pe - s.ol) * s.sum_bits + s.ol * (s.biased_bits + s.sel_bits) + 2 * entry
+          + bits_for(s.weight_words) + bits_for(s.groups) + bits_for(s.steps) + 6)
+    if params is None or params.placement == "logic":
+        ff += s.ol * s.bias_bits  # the LUT table's read register
+    ff += s.ol * s.sel_bits
+    if weights is not None and weights.placement == "logic":
+        ff += weights.width
+    return float(ff)
+
+
+def mac_logic(model: LogicModel, s: MacShape, weights: Memory | None, params: Memory | None,
+              loadable: bool = False) -> tuple[float, float]:
+    """(LUT, FF) of a MAC stage without its LUT multipliers (`lut_multiplier`, placed later)."""
+    return model.luts(mac_features(s, weights, params, loadable)), mac_ff(s, weights, params, 0)

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from accelgen.cores.conv import FOLD_DRAIN
+from accelgen.cores.pool import global_pool_cycles, global_pool_value_bits
+from accelgen.cores.requant import rounded_bias, signed_bits
 from accelgen.cores.streams import Format
 from accelgen.devices import Device
 from accelgen.errors import AccelgenError, UnsupportedError, UsageError
@@ -86,6 +88,8 @@ class Option:
     ring: rmodel.Memory | None = None
     aux: rmodel.Memory | None = None
     compact: bool = False
+    mult_signed: bool = False  # its multipliers' activation operands are signed
+    params: rmodel.Memory | None = None  # a MAC stage's requantizer biases (LUTs by default)
 
 
 def _fmt(t: QTensor, lanes: int) -> Format:
@@ -93,23 +97,17 @@ def _fmt(t: QTensor, lanes: int) -> Format:
     return Format(h, w, c, t.bits, t.signed, lanes)
 
 
-def _window_costs(dev: Device, g: WindowGeometry) -> tuple[Resources, rmodel.Memory]:
+def _window_costs(dev: Device, g: WindowGeometry, repeats: int = 1
+                  ) -> tuple[Resources, rmodel.Memory]:
     model = rmodel.MODELS[dev.family]
     ring = rmodel.place(dev, "line buffer", g.words, g.fmt.lanes * g.fmt.bits)
-    lut, ff = rmodel.logic_memory(model, ring)
-    fifo_bits = g.fmt.lanes * g.fmt.bits + 4  # the output register
-    lut += model.window_control_lut + 0.6 * fifo_bits
-    ff += model.window_control_ff + fifo_bits
+    # a ring in logic is counted where the placement is final (`_assemble`)
+    lut, ff = rmodel.window_logic(model, rmodel.WindowShape.of(g, repeats), None)
     return Resources(lut, ff, ring.blocks if ring.placement == "bram" else 0), ring
 
 
-def _requant_lut(model: rmodel.LogicModel, sum_bits: int, shifts: int, out_bits: int) -> float:
-    return (model.lut_per_adder_bit * sum_bits + model.lut_per_mux_bit * sum_bits * (shifts - 1)
-            + model.lut_per_compare_bit * 2 * sum_bits + out_bits)
-
-
 def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) -> list[Option]:
-    from accelgen.cores.conv import sum_bits as sum_width
+    from accelgen.cores.conv import sum_range
     from accelgen.cores.layers import conv_geometry, conv_mode, conv_weight
 
     model = rmodel.MODELS[dev.family]
@@ -119,15 +117,20 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
     c_in = x.shape[2]
     oh, ow = y.shape[:2]
     n_shifts = len(set(layer.shift))
+    biases = [rounded_bias(b, sh) for b, sh in zip(layer.bias, layer.shift, strict=True)]
+    bias_bits = signed_bits(min(biases), max(biases))
+    t_bits = signed_bits(layer.lo, layer.hi)
     options = []
     if mode == "depthwise":
         mult = c_out // c_in
         choices = [(lanes * mult, lanes) for lanes in divisors(c_in)]
     else:
         choices = [(pe, simd) for pe in divisors(c_out) for simd in divisors(c_in)]
+    sums = sum_range(weight, _fmt(x, 1))
+    sum_bits = signed_bits(*sums)
+    biased_bits = signed_bits(sums[0] + min(biases), sums[1] + max(biases))
     for (pe, simd), compact in itertools.product(choices, (False, True)):
         lanes = simd
-        fmt = _fmt(x, lanes)
         g = conv_geometry(layer, x, lanes, compact)
         if compact and g.ring_rows == conv_geometry(layer, x, lanes).ring_rows:
             continue
@@ -140,21 +143,19 @@ def _conv_options(dev: Device, layer: QConv | QDense, x: QTensor, y: QTensor) ->
         repeats = folds if mode == "dense" else 1
         cycles = g.steady_cycles(g.row_read_cycles(per_pixel, repeats), g.row_words)
         macs = oh * ow * c_out * kh * kw * per_group
-        # fixed logic: window, registers, accumulators, requantizer, parameter table
-        res, ring = _window_costs(dev, g)
-        sb = sum_width(weight, fmt)
-        prod_bits = x.bits + layer.w_bits + 1
-        ff = lanes * x.bits + products * prod_bits + 2 * pe * sb + model.stage_control_ff
-        lut = (model.lut_per_adder_bit * pe * (sb + (simd - 1 if mode == "dense" else 0)
-                                               * prod_bits)
-               + ol * _requant_lut(model, sb, n_shifts, y.bits)
-               + model.lut_per_mux_bit * ol * sb * (pe // ol - 1)
-               + (c_out // ol) * ol * (sb + 3) / 16 + model.stage_control_lut)
-        words = len(range(folds * beats_per_fold))
+        words = folds * beats_per_fold
+        # fixed logic: the window and the MAC stage (its memories are counted once placed)
+        res, ring = _window_costs(dev, g, repeats)
+        shape = rmodel.MacShape(mode, pe, simd, ol, x.bits, layer.w_bits, max(2, sum_bits),
+                                biased_bits, bias_bits, n_shifts, t_bits, c_out // ol, words,
+                                products)
+        on_bram = rmodel.Memory("params", c_out // ol, ol * bias_bits, "bram", 0)
+        lut, ff = rmodel.mac_logic(model, shape, None, on_bram)
         weights = rmodel.place(dev, "weights", words, products * layer.w_bits)
+        params = rmodel.Memory("params", c_out // ol, ol * bias_bits, "logic", 0)
         options.append(Option(pe, simd, lanes, ol, cycles, macs, products,
                               (x.bits, layer.w_bits), weights, res + Resources(lut, ff), ring,
-                              compact=compact))
+                              compact=compact, mult_signed=x.signed, params=params))
     return options
 
 
@@ -173,22 +174,29 @@ def _lane_options(dev: Device, layer: QLayer, qg: QuantizedGraph) -> list[Option
                                compact)
             res, ring = _window_costs(dev, g)
             cycles = g.steady_cycles(g.row_read_cycles(), g.row_words)
-            per_lane = 3 * x.bits if isinstance(layer, QMaxPool) else 12 * x.bits
-            res = res + Resources(lanes * per_lane, lanes * 2 * x.bits + 20)
+            kind = "pool.lane_bit" if isinstance(layer, QMaxPool) else "avgpool.lane_bit"
+            res = res + Resources(model.luts({"stage.base": 1, kind: lanes * x.bits}),
+                                  lanes * 2 * x.bits + 10)
         elif isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
-            cycles = fmt.beats + 2
-            sb = x.bits + math.ceil(math.log2(max(2, x.shape[0] * x.shape[1]))) + 1
-            sums = aux = rmodel.place(dev, "sums", max(2, c // lanes), lanes * sb)
+            mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
+            cycles = global_pool_cycles(mode, fmt)
+            vb = global_pool_value_bits(mode, fmt)
+            rem = (2 * fmt.height * fmt.width - 1).bit_length() if mode == "avg" else 0
+            lane_bits = vb + (x.bits + rem if mode == "avg" else 0)
+            sums = aux = rmodel.place(dev, "sums", fmt.beats_per_pixel, lanes * vb)
             lut, ff = rmodel.logic_memory(model, sums)
-            per_lane = sb * (1 if isinstance(layer, QGlobalMaxPool) else 4)
-            res = Resources(lut + lanes * per_lane + 60, ff + lanes * (x.bits + sb) + 40,
+            res = Resources(lut + model.luts({"globalpool.base": 1,
+                                              "globalpool.lane_bit": lanes * lane_bits}),
+                            ff + lanes * (x.bits + vb + x.bits + rem) + 20,
                             sums.blocks if sums.placement == "bram" else 0)
         elif isinstance(layer, QAdd):
             cycles = fmt.beats + 1
-            res = Resources(lanes * 5 * y.bits + 20, lanes * y.bits + 10)
+            res = Resources(model.luts({"stage.base": 1, "add.lane_bit": lanes * y.bits}),
+                            lanes * y.bits + 2)
         elif isinstance(layer, QClamp):
             cycles = fmt.beats + 1
-            res = Resources(lanes * 3 * y.bits + 10, lanes * y.bits + 5)
+            res = Resources(model.luts({"stage.base": 1, "clamp.lane_bit": lanes * y.bits}),
+                            lanes * y.bits + 2)
         else:
             raise UnsupportedError(
                 f"{layer.op} {layer.name!r} has no stage in the streaming pipeline template "
@@ -225,15 +233,32 @@ def _kind(layer: QLayer, qg: QuantizedGraph) -> str:
 def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
               qg: QuantizedGraph) -> list[StagePlan]:
     model = rmodel.MODELS[dev.family]
-    # multipliers: DSP blocks to the layers whose LUT multipliers would cost most
+    # multipliers: DSP blocks to the layers whose LUT multipliers would cost most. On iCE40 a
+    # block computes two 8x8 products for any two stages (its halves share the operands'
+    # signedness): a stage's odd product takes half of a block shared with another stage
     dsp_left = dev.dsp_blocks
     dsp_blocks = [0] * len(chosen)
+    shared = [-1] * len(chosen)
+    open_half: dict[bool, int] = {}  # operand signedness -> a shared block with a free half
+    n_shared = 0
     order = sorted(range(len(chosen)),
                    key=lambda i: -lut_multiplier_cost(model, chosen[i]) * chosen[i].multipliers)
     for i in order:
         opt = chosen[i]
         per_block = dev.dsp_products(*opt.mult_bits)
         if not opt.multipliers or not per_block:
+            continue
+        if per_block == 2 and dev.family == "ice40":
+            take = min(opt.multipliers // 2, dsp_left)
+            dsp_blocks[i] = take
+            dsp_left -= take
+            if opt.multipliers > 2 * take:
+                if opt.mult_signed in open_half:
+                    shared[i] = open_half.pop(opt.mult_signed)
+                elif dsp_left:
+                    dsp_left -= 1
+                    shared[i] = open_half[opt.mult_signed] = n_shared
+                    n_shared += 1
             continue
         need = math.ceil(opt.multipliers / per_block)
         take = min(need, dsp_left)
@@ -274,19 +299,34 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             else:
                 rings[i] = moved
             bram_used -= mem.blocks
+    # block RAM left over: the requantizer bias tables that cost most LUTs move there
+    params = [opt.params for opt in chosen]
+    for i in sorted((i for i, mem in enumerate(params) if mem is not None),
+                    key=lambda i: -params[i].bits):
+        mem = params[i]
+        blocks = rmodel.bram_blocks(dev, mem.depth, mem.width)
+        if bram_used + blocks <= dev.bram_blocks:
+            params[i] = replace(mem, placement="bram", blocks=blocks)
+            bram_used += blocks
     stages = []
-    for layer, opt, dsps, mem, ring in zip(layers, chosen, dsp_blocks, placements, rings,
-                                           strict=True):
+    for layer, opt, dsps, half, mem, ring, pmem in zip(layers, chosen, dsp_blocks, shared,
+                                                       placements, rings, params, strict=True):
         per_block = dev.dsp_products(*opt.mult_bits) or 1
-        lut_mults = max(0, opt.multipliers - dsps * per_block)
-        res = opt.fixed + Resources(lut=lut_mults * lut_multiplier_cost(model, opt), dsp=dsps)
+        lut_mults = max(0, opt.multipliers - dsps * per_block - (half >= 0))
+        res = opt.fixed + Resources(lut=lut_mults * lut_multiplier_cost(model, opt),
+                                    ff=lut_mults * (sum(opt.mult_bits) + 1), dsp=dsps)
         if mem is not None:
             lut, ff = rmodel.logic_memory(model, mem)
+            if mem.placement == "spram":  # loaded at run time: the loader's address multiplexer
+                lut += model.luts({"mac.counter_bit": rmodel.bits_for(mem.depth)})
             res = res + Resources(lut, ff, mem.blocks if mem.placement == "bram" else 0,
                                   mem.blocks if mem.placement == "spram" else 0)
         if ring is not None and opt.ring is not None and ring.placement != opt.ring.placement:
             lut, ff = rmodel.logic_memory(model, ring)
             res = res + Resources(lut, ff, -opt.ring.blocks)
+        if pmem is not None:
+            lut, ff = rmodel.logic_memory(model, pmem)
+            res = res + Resources(lut, ff, pmem.blocks)
         stages.append(StagePlan(
             layer=layer.name, kind=_kind(layer, qg), pe=opt.pe, simd=opt.simd,
             lanes_in=opt.lanes_in, lanes_out=opt.lanes_out, cycles=opt.cycles, macs=opt.macs,
@@ -295,6 +335,8 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             ring_memory="none" if ring is None else ring.placement,
             compact_ring=opt.compact,
             aux_memory="none" if opt.aux is None else opt.aux.placement,
+            shared_dsp=half,
+            param_memory="none" if pmem is None else pmem.placement,
         ))
     return stages
 
@@ -305,11 +347,12 @@ def lut_multiplier_cost(model: rmodel.LogicModel, opt: Option) -> float:
 
 def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
           fifo_depths: dict[tuple[str, str], int]) -> Resources:
-    """Width converters, fan-out FIFOs and the arg-max."""
+    """Width converters, FIFOs, DSP blocks shared by two stages, the arg-max, the weight loader
+    and the accelerator's counters."""
     model = rmodel.MODELS[dev.family]
     lanes_out = {s.layer: s.lanes_out for s in stages}
     by_layer = {s.layer: s for s in stages}
-    total = Resources()
+    total = Resources(dsp=len({s.shared_dsp for s in stages if s.shared_dsp >= 0}))
     for layer in qg.layers:
         for t in layer.inputs:
             prod = qg.producer(t)
@@ -317,7 +360,9 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
             dst = by_layer[layer.name].lanes_in
             if src != dst:
                 bits = qg.tensors[t].bits * max(src, dst)
-                total = total + Resources(bits * 1.2 + 10, bits + 6)
+                held = bits if dst > src else 0  # a widening converter gathers into a register
+                total = total + Resources(model.luts({"converter.base": 1, "converter_bit": bits}),
+                                          held + 3)
     from accelgen.accelerator import edge_fifo_depth, fifo_style
 
     out_t = qg.outputs[0].tensor
@@ -338,11 +383,18 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
             mem = rmodel.Memory("fifo", depth, width, "bram", rmodel.bram_blocks(dev, depth,
                                                                                  width))
         lut, ff = rmodel.logic_memory(model, mem)
-        total = total + Resources(lut + 30, ff + 2 * width + 20,
+        total = total + Resources(lut + model.luts({"fifo.base": 1}),
+                                  ff + 3 * rmodel.bits_for(depth + 1) + width,
                                   mem.blocks if mem.placement == "bram" else 0)
     out = qg.tensors[qg.outputs[0].tensor]
-    total = total + Resources(4 * out.bits + 40, 2 * out.bits + 30)  # arg-max
-    total = total + Resources(120, 110)  # hardware counters
+    total = total + Resources(model.luts({"argmax.base": 1, "argmax.bit": out.bits}),
+                              3 * out.bits + 12)
+    loaded = [(s, qg.layer(s.layer)) for s in stages if s.weight_memory == "spram"]
+    if loaded:
+        word_bytes = max((s.multipliers * la.w_bits + 7) // 8 for s, la in loaded)
+        total = total + Resources(model.luts({"loader.base": 1, "loader.target": len(loaded)}),
+                                  8 * (word_bytes - 1) + 20)
+    total = total + Resources(model.luts({"counters.base": 1}), 105)  # latency, images
     return total
 
 
@@ -411,7 +463,10 @@ def fifo_depths(qg: QuantizedGraph, lanes_in: dict[str, int]) -> dict[tuple[str,
 # ------------------------------------------------------------------------------------------------
 
 
-def _cheapest(options: list[Option], ii: float, dev: Device) -> Option | None:
+def _cheapest(options: list[Option], ii: float, dev: Device, dsp_scarce: bool = False
+              ) -> Option | None:
+    """The option meeting `ii` at the least cost; a multiplier a DSP block can take costs
+    little, unless DSP blocks are `dsp_scarce` (then it costs what a LUT multiplier would)."""
     model = rmodel.MODELS[dev.family]
     ok = [o for o in options if o.cycles <= ii]
     if not ok:
@@ -420,12 +475,25 @@ def _cheapest(options: list[Option], ii: float, dev: Device) -> Option | None:
     def cost(o: Option) -> float:
         mem = o.weights
         mem_cost = 0.0 if mem is None else (mem.blocks * BRAM_COST if mem.placement != "logic"
-                                            else mem.bits)
+                                            else rmodel.logic_memory(model, mem)[0])
         dsp_share = dev.dsp_products(*o.mult_bits) if o.multipliers else 0
-        mult = o.multipliers * (40 if dsp_share else lut_multiplier_cost(model, o))
+        cheap = dsp_share and not dsp_scarce
+        mult = o.multipliers * (40 if cheap else lut_multiplier_cost(model, o))
         return o.fixed.lut + mult + mem_cost + 0.2 * o.fixed.ff + BRAM_COST * o.fixed.bram
 
     return min(ok, key=cost)
+
+
+def _lut_multipliers(dev: Device, stages: Iterable[StagePlan], qg: QuantizedGraph) -> int:
+    """Multipliers the plan leaves to LUTs."""
+    count = 0
+    for s in stages:
+        layer = qg.layer(s.layer)
+        if not s.multipliers:
+            continue
+        per_block = dev.dsp_products(qg.tensors[layer.inputs[0]].bits, layer.w_bits) or 1
+        count += max(0, s.multipliers - s.dsp_blocks * per_block - (s.shared_dsp >= 0))
+    return count
 
 
 def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
@@ -451,14 +519,24 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
     else:
         candidates = [c for c in candidates if c >= floor]
     def attempt(ii: float) -> HardwarePlan | None:
-        chosen = [_cheapest(opts, ii, dev) for opts in options]
-        if any(c is None for c in chosen):
-            return None
-        stages = _assemble(dev, layers, chosen, qg)  # type: ignore[arg-type]
-        lanes_in = {s.layer: s.lanes_in for s in stages}
-        depths = fifo_depths(qg, lanes_in)
-        glue = _glue(dev, qg, stages, depths)
-        return HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue)
+        # each layer's cheapest option, multipliers on DSP blocks counted as cheap; if that
+        # leaves LUT multipliers, also with every multiplier at its LUT price (fewer of them),
+        # and the cheaper of the two
+        best = None
+        for dsp_scarce in (False, True):
+            chosen = [_cheapest(opts, ii, dev, dsp_scarce) for opts in options]
+            if any(c is None for c in chosen):
+                return None
+            stages = _assemble(dev, layers, chosen, qg)  # type: ignore[arg-type]
+            lanes_in = {s.layer: s.lanes_in for s in stages}
+            depths = fifo_depths(qg, lanes_in)
+            glue = _glue(dev, qg, stages, depths)
+            p = HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue)
+            if best is None or (p.fits, -p.resources.lut) > (best.fits, -best.resources.lut):
+                best = p
+            if not _lut_multipliers(dev, stages, qg):
+                break
+        return best
 
     # smallest feasible interval: the fit is monotone in the interval, so bisect
     lo, hi = 0, len(candidates) - 1
