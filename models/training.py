@@ -37,6 +37,18 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def _dry_run(model: nn.Module, input_shape: tuple, handles: list) -> None:
+    """One eval-mode forward pass of zeros (for the forward hooks in `handles`), then remove
+    the hooks and restore the model's training mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for handle in handles:
+        handle.remove()
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) -> int:
     """Return the multiply-accumulates of one forward pass of one image.
 
@@ -60,13 +72,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28)) 
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_shape))
-    model.train(was_training)
-    for handle in handles:
-        handle.remove()
+    _dry_run(model, input_shape, handles)
     return total
 
 
@@ -99,13 +105,7 @@ def layer_summary(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 28, 28
         for name, mod in model.named_modules()
         if not list(mod.children())
     ]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(input_shape))
-    model.train(was_training)
-    for handle in handles:
-        handle.remove()
+    _dry_run(model, input_shape, handles)
     return lines
 
 
