@@ -145,3 +145,19 @@ def test_small_model_builds_and_rebuilds_from_cache(board: str, tmp_path: Path, 
     assert main(args) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["build_cached"] and Path(again["bitstream"]).read_bytes() == first
+
+
+@pytest.mark.parametrize(("extra", "phrase"), [
+    (["--seeds", "0"], "--seeds 0"),
+    (["--bits", "17"], "--bits 17"),
+    (["--baud", "30000000"], "--baud 30000000"),
+    (["--clock", "5"], "cannot make 5 MHz"),
+])
+def test_bad_build_options_are_one_line_errors(extra: list, phrase: str, tmp_path: Path,
+                                               capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["build", "--no-synth", "--check-images", "0", "--model",
+                 str(_tiny_model(tmp_path / "t.onnx")), "--out", str(out), *extra])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and phrase in line
+    assert not out.exists() and not _leftovers(out)
