@@ -51,6 +51,8 @@ def shift_select(u: Value, shifts: Sequence[int], select: Value | None, lo: int,
         top = s + t_bits - 1  # u >> s fits t bits when u[top:] all equal the sign
         if top >= width - 1:
             overflows.append(Const(0, 1))
+        elif top < 0:  # a left shift by t_bits or more: only zero still fits
+            overflows.append(u != 0)
         else:
             upper = u[max(top, 0):]
             overflows.append((upper != 0) & (upper != (1 << len(upper)) - 1))
