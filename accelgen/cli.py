@@ -479,6 +479,9 @@ def print_plan(p) -> None:
     g = p.glue
     print(f"  {'(converters, FIFOs, arg-max)':<54} {'':>9} {g.lut:>7,.0f} {g.ff:>7,.0f} "
           f"{g.bram:>5} {g.spram:>5} {g.dsp:>4}")
+    h = p.host
+    print(f"  {'(host link, UART, board top)':<54} {'':>9} {h.lut:>7,.0f} {h.ff:>7,.0f} "
+          f"{h.bram:>5} {h.spram:>5} {h.dsp:>4}")
     used = ", ".join(f"{k} {v['used']:,.0f}/{v['available']:,}" for k, v in s["resources"].items())
     print(f"  total: {used}")
 

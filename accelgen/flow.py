@@ -209,6 +209,7 @@ def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None
     from accelgen.link.hostlink import LinkedAccelerator
     from accelgen.link.uart import uart_divisor
     from accelgen.scheduler import plan
+    from accelgen.scheduler.resources import link_counter_bits
 
     p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
     try:
@@ -217,10 +218,9 @@ def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None
         raise UsageError(f"--baud {baud}: {err}; choose a lower rate") from None
     acc = Accelerator(p)
     design_hash = int(_digest(json.dumps(p.summary(), sort_keys=True, default=str))[:8], 16)
-    # 16-bit link counters on the UP5K, where every logic cell counts (still u32 on the wire)
     linked = LinkedAccelerator(acc, divisor=divisor, clock_hz=round(clock_mhz * 1e6),
                                design_hash=design_hash,
-                               counter_bits=16 if board.family == "ice40" else 32)
+                               counter_bits=link_counter_bits(board.family))
     return p, acc, linked
 
 

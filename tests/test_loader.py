@@ -24,7 +24,8 @@ def test_loader_writes_every_word_once_in_order(targets: list, seed: int) -> Non
     assert len(image) == dut.total_bytes
     stream = image + bytes(rng.getrandbits(8) for _ in range(5))  # extra bytes are ignored
     writes: list[list[tuple[int, int]]] = [[] for _ in targets]
-    done_at: list[int] = []
+    done_at: list[int] = []  # the first cycle `done` is seen high
+    write_cycles: list[int] = []
 
     async def feed(ctx) -> None:
         for byte in stream:
@@ -39,23 +40,23 @@ def test_loader_writes_every_word_once_in_order(targets: list, seed: int) -> Non
             await ctx.tick()
 
     async def watch(ctx) -> None:
-        taken = 0
+        cycle = 0
         while True:
+            cycle += 1
             sampled = await ctx.tick().sample(
                 dut.i.valid, dut.done,
                 *(getattr(dut, f"w{k}").en for k in range(len(targets))),
                 *(getattr(dut, f"w{k}").addr for k in range(len(targets))),
                 *(getattr(dut, f"w{k}").data for k in range(len(targets))))
-            valid, done, *rest = sampled[2:]
+            _valid, done, *rest = sampled[2:]
             n = len(targets)
             ens, addrs, datas = rest[:n], rest[n : 2 * n], rest[2 * n :]
             for k in range(n):
                 if ens[k]:
                     writes[k].append((int(addrs[k]), int(datas[k])))
+                    write_cycles.append(cycle)
             if done and not done_at:
-                done_at.append(taken)
-            if valid:
-                taken += 1
+                done_at.append(cycle)
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -64,7 +65,9 @@ def test_loader_writes_every_word_once_in_order(targets: list, seed: int) -> Non
     sim.run()
     for k, ws in enumerate(words):
         assert writes[k] == list(enumerate(ws)), f"target {k}"
-    assert done_at == [len(image)]
+    # `done` rises with the last write (the write ports are registers): high from the cycle
+    # after the last write's enable, and no write follows it
+    assert done_at == [write_cycles[-1] + 1]
 
 
 def test_nothing_to_load_is_done_at_once() -> None:
@@ -106,6 +109,8 @@ def test_restart_starts_the_image_over() -> None:
         for b in image:
             done_trace.append(ctx.get(dut.done))
             await send(b)
+        done_trace.append(ctx.get(dut.done))  # the last word's write is still registered
+        await ctx.tick()
         done_trace.append(ctx.get(dut.done))
 
     async def watch(ctx) -> None:
@@ -125,4 +130,4 @@ def test_restart_starts_the_image_over() -> None:
     expect = {(0, a): int.from_bytes(image[2 * a : 2 * a + 2], "little") & 0xFFF for a in range(3)}
     expect |= {(1, a): image[6 + a] for a in range(2)}
     assert memory == expect
-    assert done_trace[:-1] == [0] * (len(image) + 1) and done_trace[-1] == 1
+    assert done_trace[:-1] == [0] * (len(image) + 2) and done_trace[-1] == 1

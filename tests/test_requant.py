@@ -58,7 +58,7 @@ def _simulate(dut: _Requant, codes: list[int], selects: list[int]) -> dict[tuple
 
 
 @pytest.mark.parametrize("in_shape", [signed(6), unsigned(6)], ids=["signed", "unsigned"])
-@pytest.mark.parametrize("lo,hi", RANGES)
+@pytest.mark.parametrize(("lo", "hi"), RANGES)
 def test_requantize_every_code_every_shift(in_shape: Shape, lo: int, hi: int) -> None:
     codes = list(range(-32, 32)) if in_shape.signed else list(range(64))
     for s in range(-5, 7):
@@ -68,7 +68,7 @@ def test_requantize_every_code_every_shift(in_shape: Shape, lo: int, hi: int) ->
         assert [got[(0, x)] for x in codes] == want.tolist(), f"shift {s}"
 
 
-@pytest.mark.parametrize("lo,hi", RANGES[:4])
+@pytest.mark.parametrize(("lo", "hi"), RANGES[:4])
 def test_shift_clamp_per_channel_select(lo: int, hi: int) -> None:
     """Several shifts behind one select (per-channel requantize), rounding term pre-added."""
     codes = list(range(-32, 32))
@@ -81,5 +81,6 @@ def test_shift_clamp_per_channel_select(lo: int, hi: int) -> None:
             want = golden.requantize(np.array(codes) - rounding, s, lo, hi)
             # codes whose pre-rounded value wrapped out of 6 bits are not comparable
             ok = [(x - rounding) >= -32 for x in codes]
-            assert [got[(sel, x)] for x, k in zip(codes, ok, strict=True) if k] == \
-                [w for w, k in zip(want.tolist(), ok, strict=True) if k], f"shifts {shifts} sel {sel}"
+            got_ok = [got[(sel, x)] for x, k in zip(codes, ok, strict=True) if k]
+            want_ok = [w for w, k in zip(want.tolist(), ok, strict=True) if k]
+            assert got_ok == want_ok, f"shifts {shifts} sel {sel}"

@@ -5,8 +5,9 @@
 ``load_restart``, ``loaded``). It implements `accelgen.link.protocol` (read that docstring
 for the wire format and the robustness rules); this docstring covers the hardware.
 
-* Received bytes pass through a small register FIFO (``rx_fifo_depth``) so that a frame keeps
-  arriving while an input beat waits for the accelerator. There is no flow control on the
+* Received bytes pass through a small register FIFO (``rx_fifo_depth``, plus one output
+  register the parser reads) so that a frame keeps arriving while an input beat waits for
+  the accelerator. There is no flow control on the
   line: the baud rate must leave the accelerator's input stage time to take each beat within a
   few byte times (at 115200 baud and 12 MHz a byte takes 1 040 cycles); a byte lost to an
   overrun shows as a BAD_CRC or TIMEOUT answer and the host resends the frame.
@@ -184,10 +185,16 @@ class HostLink(wiring.Component):
         # -- received bytes ----------------------------------------------------------------
         m.submodules.rx_fifo = fifo = StreamFifo(8, self.rx_fifo_depth, "logic")
         wiring.connect(m, wiring.flipped(self.rx), fifo.i)
-        byte = fifo.o.payload
+        # the byte the engine looks at is a register after the queue (`byte`, `have`): the
+        # queue's read multiplexer stays off the engine's decode paths (Fmax on the UP5K)
+        byte, have = Signal(8), Signal()
         take = Signal()  # the engine's state can use a byte now
-        m.d.comb += fifo.o.ready.eq(take)
-        got = fifo.o.valid & take
+        m.d.comb += fifo.o.ready.eq(~have | take)
+        with m.If(fifo.o.valid & fifo.o.ready):
+            m.d.sync += [byte.eq(fifo.o.payload), have.eq(1)]
+        with m.Elif(take):
+            m.d.sync += have.eq(0)
+        got = have & take
 
         # The engine (the state machine at the end) raises these strobes; each register is
         # written in one place, so it has one next-value multiplexer rather than one per state.
@@ -206,9 +213,10 @@ class HostLink(wiring.Component):
         seq, cmd = Signal(8), Signal(8)
         length, left = Signal(16), Signal(16)  # left: payload bytes still to come
         hidx = Signal(2)
-        crc, crc_lo, crc_next = Signal(16), Signal(8), Signal(16)
+        crc, crc_next = Signal(16), Signal(16)
+        crc_lo_ok = Signal()  # the CRC's first byte matched (compared as it arrived)
         m.d.comb += crc_next.eq(crc16_next(crc, byte))
-        crc_ok = Cat(crc_lo, byte) == crc  # at ev_finish
+        crc_ok = crc_lo_ok & (byte == crc[8:])  # at ev_finish
         dup, herr, fwd_infer, fwd_load = Signal(), Signal(3), Signal(), Signal()
         with m.If(ev_start):
             m.d.sync += [hidx.eq(0), crc.eq(INIT), seq.eq(0), cmd.eq(0), length.eq(0),
@@ -227,7 +235,7 @@ class HostLink(wiring.Component):
         with m.If(ev_payload):
             m.d.sync += crc.eq(crc_next)
         with m.If(ev_crc_lo):
-            m.d.sync += [crc_lo.eq(byte), hidx.eq(1)]
+            m.d.sync += [crc_lo_ok.eq(byte == crc[:8]), hidx.eq(1)]
         with m.If(ev_decide):
             m.d.sync += [left.eq(length), hidx.eq(0)]
         with m.Elif(ev_payload | ev_fill):
@@ -251,8 +259,9 @@ class HostLink(wiring.Component):
         load_dirty = Signal()
         weights_ok = self.loaded & ~load_dirty
         load_begin = ev_finish & crc_ok & ~dup & (herr == 0) & (cmd == Cmd.LOAD_BEGIN)
-        m.d.comb += [self.load.payload.eq(byte), self.load.valid.eq(ev_payload & fwd_load),
-                     self.load_restart.eq(load_begin)]
+        # the loader's byte leaves from registers (the engine's decode stays off its paths)
+        m.d.sync += [self.load.payload.eq(byte), self.load.valid.eq(ev_payload & fwd_load)]
+        m.d.comb += self.load_restart.eq(load_begin)
         with m.If(self.load.valid):
             m.d.sync += load_count.eq(load_count + 1)
         with m.If(((ev_finish & ~crc_ok) | ev_timeout) & fwd_load):
@@ -375,7 +384,7 @@ class HostLink(wiring.Component):
             m.d.sync += timer.eq(0)
         with m.Elif(~timer[-1]):
             m.d.sync += timer.eq(timer + 1)
-        host_gone = (timer >= self.timeout_cycles) & ~fifo.o.valid & ~beat_valid
+        host_gone = (timer >= self.timeout_cycles) & ~have & ~fifo.o.valid & ~beat_valid
         stalled = timer[-1]
 
         # -- response bytes ------------------------------------------------------------------
@@ -458,12 +467,12 @@ class HostLink(wiring.Component):
         with m.FSM(name="link") as fsm:
             with m.State("IDLE"):
                 m.d.comb += take.eq(1)
-                with m.If(fifo.o.valid & (byte == SYNC)):
+                with m.If(have & (byte == SYNC)):
                     m.d.comb += ev_start.eq(1)
                     m.next = "HEADER"
             with m.State("HEADER"):
                 m.d.comb += take.eq(1)
-                with m.If(fifo.o.valid):
+                with m.If(have):
                     m.d.comb += ev_header.eq(1)
                     with m.If(hidx == 3):
                         m.next = "DECIDE"
@@ -487,7 +496,7 @@ class HostLink(wiring.Component):
                     on_timeout()
             with m.State("CRC"):
                 m.d.comb += take.eq(1)
-                with m.If(fifo.o.valid):
+                with m.If(have):
                     with m.If(hidx == 0):
                         m.d.comb += ev_crc_lo.eq(1)
                     with m.Else():

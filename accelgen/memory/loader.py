@@ -6,9 +6,11 @@ byte stream, and the loader writes one word per completed group of bytes.
 
 Image format: the targets in order; for each, its words in address order; each word
 little-endian in ``ceil(word_bits / 8)`` bytes (the stage's own packing, see
-`ConvStage.weight_bytes`). The loader takes one byte per cycle (``i.ready`` is always high) and
-raises ``done`` after the image's last byte; further bytes are ignored until ``restart`` (or a
-reset), which starts the image over (the memories keep their contents until rewritten).
+`ConvStage.weight_bytes`). The loader takes one byte per cycle (``i.ready`` is always high);
+a word's write reaches its memory one cycle after its last byte (the write ports are
+registers), and ``done`` rises with the image's last write; further bytes are ignored until
+``restart`` (or a reset), which starts the image over (the memories keep their contents until
+rewritten).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class WeightLoader(wiring.Component):
         addr = Signal(range(max(t.depth for t in self.targets)))
         byte = Signal(range(max(max_bytes, 2)))
         done = Signal()
-        m.d.comb += self.done.eq(done)
+        # `done` is raised with the last word's write (the writes are registered below)
+        m.d.sync += self.done.eq(done & ~self.restart)
         take = self.i.valid & ~done
         # the bytes of a word shift in from the top: after a target's last byte, its word
         # starts `max_bytes - bytes_per_word` bytes up (no byte-position multiplexers)
@@ -91,7 +94,9 @@ class WeightLoader(wiring.Component):
         for k, t in enumerate(self.targets):
             port = self.port(k)
             start = 8 * (max_bytes - t.bytes_per_word)
-            m.d.comb += [
+            # registered: the write leaves the loader's byte counting and target decode
+            # behind a flip-flop on its way to the memories' address multiplexers
+            m.d.sync += [
                 port.addr.eq(addr),
                 port.data.eq(full[start : start + t.word_bits]),
                 port.en.eq(take & last_byte & (target == k)),

@@ -10,7 +10,7 @@ clock, resources against the device's budget, and the multiply-accumulate utilis
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from accelgen.devices import Device
 from accelgen.quantized import QuantizedGraph
@@ -89,6 +89,9 @@ class HardwarePlan:
     """Depth of the FIFO from a fanned-out tensor to a consumer: (tensor, consumer layer)."""
     glue: Resources = Resources()
     """Width converters, fan-out FIFOs and the output arg-max."""
+    host: Resources = Resources()
+    """What every build adds around the accelerator: the host link (UART, protocol engine,
+    result buffer, counters) and the board top (PLL, reset, status LED)."""
 
     def stage(self, layer: str) -> StagePlan:
         for s in self.stages:
@@ -110,10 +113,25 @@ class HardwarePlan:
         return self.clock_mhz * 1e6 / self.ii_cycles
 
     @property
-    def resources(self) -> Resources:
+    def accelerator_resources(self) -> Resources:
+        """The accelerator alone: its stages and glue."""
         total = self.glue
         for s in self.stages:
             total = total + s.resources
+        return total
+
+    @property
+    def resources(self) -> Resources:
+        """The whole design a build places: the accelerator and the `host` part, in the units
+        of the device's budget and of nextpnr's report — on the iCE40 ``lut`` counts logic
+        cells (a cell holds a LUT4, a carry and a flip-flop; flip-flops that cannot share a
+        cell with their LUT take one of their own: `LogicModel.ff_cell_share`)."""
+        from accelgen.scheduler.resources import MODELS
+
+        total = self.accelerator_resources + self.host
+        share = MODELS[self.device.family].ff_cell_share
+        if share:
+            total = replace(total, lut=total.lut + share * total.ff)
         return total
 
     @property

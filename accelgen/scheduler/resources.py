@@ -73,6 +73,9 @@ class LogicModel:
     """LUT weights of one FPGA family: LUTs per unit of each feature (`*_features`)."""
 
     weights: Mapping[str, float] = field(default_factory=dict)
+    ff_cell_share: float = 0.0
+    """Logic cells per flip-flop beyond the LUT count, for a family whose logic budget counts
+    cells (iCE40): the flip-flops that cannot share a cell with the LUT driving them."""
 
     def luts(self, features: Mapping[str, float]) -> float:
         return sum(self.weights.get(k, 0.0) * v for k, v in features.items())
@@ -118,6 +121,11 @@ _ICE40 = {
     "counters.base": 95.0,  # the accelerator's latency and image counters
     "loader.base": 15.0,
     "loader.target": 6.0,
+    # the host link, UART and board top (`host_resources`): measured on the default model's
+    # iCEBreaker build (Yosys 0.70), 950 SB_LUT4 with 16-bit link counters and 80 logit bits
+    "link.base": 762.0,
+    "link.logit_bit": 0.75,  # the result buffer's read multiplexer
+    "link.counter_bit": 2.0,  # a link counter's incrementer and its response multiplexer
 }
 
 
@@ -129,7 +137,8 @@ def _derived(scale_mux: float) -> dict[str, float]:
 
 
 MODELS = {
-    "ice40": LogicModel(_ICE40),
+    # 0.413: the default model's iCEBreaker build, 4,110 SB_LUT4 + 2,383 FF -> 5,094 cells
+    "ice40": LogicModel(_ICE40, ff_cell_share=0.413),
     "ecp5": LogicModel({**_derived(0.5), "lut_mult_bit2": 2.2}),
     "gowin": LogicModel({**_derived(0.6), "lut_mult_bit2": 2.5}),
 }
@@ -334,3 +343,19 @@ def mac_logic(model: LogicModel, s: MacShape, weights: Memory | None, params: Me
               loadable: bool = False) -> tuple[float, float]:
     """(LUT, FF) of a MAC stage without its LUT multipliers (`lut_multiplier`, placed later)."""
     return model.luts(mac_features(s, weights, params, loadable)), mac_ff(s, weights, params, 0)
+
+
+def link_counter_bits(family: str) -> int:
+    """Width of the host link's own counters: 16 on the iCE40, where every logic cell counts
+    (still sent as u32), 32 elsewhere."""
+    return 16 if family == "ice40" else 32
+
+
+def host_resources(model: LogicModel, family: str, logit_bits: int) -> tuple[float, float]:
+    """(LUTs, FFs) of the host link, UART and board top around an accelerator whose logits
+    take `logit_bits` bits: four link counters, the result buffer (registers), the protocol
+    engine and UART (a fixed part)."""
+    cb = link_counter_bits(family)
+    lut = model.luts({"link.base": 1, "link.logit_bit": logit_bits, "link.counter_bit": 4 * cb})
+    ff = 358.0 + logit_bits + 4 * cb
+    return lut, ff

@@ -518,6 +518,11 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
         candidates = [target]
     else:
         candidates = [c for c in candidates if c >= floor]
+    out_t = qg.tensors[qg.outputs[0].tensor]
+    host_lut, host_ff = rmodel.host_resources(rmodel.MODELS[dev.family], dev.family,
+                                              out_t.size * out_t.bits)
+    host = Resources(host_lut, host_ff)
+
     def attempt(ii: float) -> HardwarePlan | None:
         # each layer's cheapest option, multipliers on DSP blocks counted as cheap; if that
         # leaves LUT multipliers, also with every multiplier at its LUT price (fewer of them),
@@ -531,7 +536,8 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
             lanes_in = {s.layer: s.lanes_in for s in stages}
             depths = fifo_depths(qg, lanes_in)
             glue = _glue(dev, qg, stages, depths)
-            p = HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue)
+            p = HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue,
+                             host)
             if best is None or (p.fits, -p.resources.lut) > (best.fits, -best.resources.lut):
                 best = p
             if not _lut_multipliers(dev, stages, qg):
@@ -563,6 +569,8 @@ def _does_not_fit(qg: QuantizedGraph, dev: Device, p: HardwarePlan | None,
         table += [{"layer": s.layer, "kind": s.kind, **s.resources.as_dict()} for s in p.stages]
         table.append({"layer": "(glue: converters, FIFOs, arg-max)", "kind": "",
                       **p.glue.as_dict()})
+        table.append({"layer": "(host link, UART, board top)", "kind": "",
+                      **p.host.as_dict()})
         over = p.resources.over(budget)
         used = p.resources
     else:

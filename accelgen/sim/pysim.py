@@ -91,6 +91,8 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
             ctx.set(acc.load.valid, 1)
             await ctx.tick()
         ctx.set(acc.load.valid, 0)
+        if image:
+            await ctx.tick()  # the loader's last write is registered; `loaded` rises with it
         if image and not ctx.get(acc.loaded):
             raise SimulationError(f"the loader took {len(image)} bytes but is not done")
         state["load_cycles"] = state["cycle"]
