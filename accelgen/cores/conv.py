@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
+from amaranth.lib.memory import Memory, ReadPort
 from amaranth.lib.wiring import In, Out
 
 from accelgen.cores.mul import ProductArray, shared_signature
@@ -48,6 +48,7 @@ from accelgen.cores.requant import (
 from accelgen.cores.streams import Format
 from accelgen.errors import ShapeError
 from accelgen.memory.linebuffer import window_layout
+from accelgen.memory.rom import BlockRom
 from accelgen.memory.spram import SinglePortRam
 
 FOLD_DRAIN = 3  # a fold of `steps` output beats ends at most every steps + FOLD_DRAIN cycles
@@ -284,6 +285,12 @@ class ConvStage(wiring.Component):
                 ram.wdata.eq(self.load.data), ram.we.eq(self.load.en),
             ]
             weights_now = data.View(layout, ram.rdata)
+        elif self.weight_style == "block":
+            # block RAM: on iCE40 the primitives themselves (`BlockRom`)
+            m.submodules.weights = brom = BlockRom(shape=layout, depth=len(self.rom),
+                                                   init=self.rom, family=self.family)
+            m.d.comb += brom.addr.eq(waddr)
+            weights_now = brom.data
         else:
             m.submodules.weights = rom = Memory(shape=layout, depth=len(self.rom),
                                                 init=self.rom,
@@ -436,11 +443,17 @@ class ConvStage(wiring.Component):
         fetch = load | ~primed
         with m.If(fetch):
             m.d.sync += [primed.eq(1), ahead.eq(Mux(ahead == len(words) - 1, 0, ahead + 1))]
-        m.submodules.biases = bias_mem = Memory(
-            shape=data.ArrayLayout(signed(bias_bits), ol), depth=len(words),
-            init=[[e["bias"] for e in word] for word in words],
-            attrs={"ram_style": self.param_style})
-        bias_port = bias_mem.read_port()
+        bias_layout = data.ArrayLayout(signed(bias_bits), ol)
+        bias_init = [[e["bias"] for e in word] for word in words]
+        bias_port: BlockRom | ReadPort
+        if self.param_style == "block":
+            m.submodules.biases = bias_port = BlockRom(shape=bias_layout, depth=len(words),
+                                                       init=bias_init, family=self.family)
+        else:
+            m.submodules.biases = bias_mem = Memory(shape=bias_layout, depth=len(words),
+                                                    init=bias_init,
+                                                    attrs={"ram_style": self.param_style})
+            bias_port = bias_mem.read_port()
         m.d.comb += [bias_port.addr.eq(ahead), bias_port.en.eq(fetch)]
         sel_port = None
         if multi:

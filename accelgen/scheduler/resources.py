@@ -48,9 +48,21 @@ class Memory:
         return self.depth * self.width
 
 
+def bram_tiling(family: str, depth: int, width: int) -> tuple[int, int]:
+    """The block-RAM aspect ratio (block depth, block width) of `family` that holds a
+    `depth` x `width` memory in the fewest blocks; of equally cheap ones, the one with the
+    fewest blocks in depth (the smallest read multiplexer). The generated design tiles its
+    block memories with it (`accelgen.memory.rom`)."""
+    def cost(shape: tuple[int, int]) -> tuple[int, int]:
+        d, w = shape
+        return math.ceil(width / w) * math.ceil(depth / d), math.ceil(depth / d)
+
+    return min(BRAM_SHAPES[family], key=cost)
+
+
 def bram_blocks(device: Device, depth: int, width: int) -> int:
-    shapes = BRAM_SHAPES[device.family]
-    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in shapes)
+    d, w = bram_tiling(device.family, depth, width)
+    return math.ceil(width / w) * math.ceil(depth / d)
 
 
 def spram_blocks(depth: int, width: int) -> int:
