@@ -9,11 +9,13 @@ Contract
 * With `fake_quant` (the default) every tensor carrying a `QuantParams` annotation is quantized
   and dequantized right after it is computed, as the QDQ/QONNX nodes of the model would do;
   weights already hold their dequantized values.
-* Loops run over kernel taps and layers only, never over pixels, channels or images.
+* Loops run over kernel taps, layers and cache-sized chunks (several images, or output rows of
+  one large image) only, never over pixels, channels or single images.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -37,52 +39,92 @@ from accelgen.ir import (
     Softmax,
 )
 from accelgen.kernels import (
+    CACHE_BYTES,
     ceil_extra,
+    conv_windows,
     counted_taps,
     depthwise,
     in_threads,
     pad_hw,
+    padded_buffer,
+    serial_blas,
     window_taps,
 )
 
 Array = np.ndarray
 
-# Upper bound on the im2col matrix of one chunk (elements), to bound memory on big batches.
-_COLS_BUDGET = 1 << 25
 
+def conv2d(layer: Conv2d, x: Array, epilogue: Callable[[Array], None] | None = None) -> Array:
+    """A convolution of an (N, H, W, C_in) batch -> contiguous float32 (N, OH, OW, C_out).
 
-def conv2d(layer: Conv2d, x: Array) -> Array:
-    n = x.shape[0]
+    `epilogue`, if given, is applied in place to each chunk of the output while it is in the
+    cache (a fused activation). Depthwise layers go to `depthwise`; the rest are matrix products
+    of im2col columns with the weights. Per cache-sized chunk of images (or of output rows of one
+    large image) the chunk is padded into a reused buffer, its columns copied out of a strided
+    window view in one go (not at all for an unpadded 1x1 stride-1 kernel), and the product
+    written straight into the output, bias and epilogue added in the cache. Batch slices on all
+    cores.
+    """
+    n, h, w, c_in = x.shape
     oh, ow, c_out = layer.out_shape
-    xp = pad_hw(x, layer.padding, 0.0)
-    if layer.groups == layer.in_channels:  # depthwise (or a single channel): per-tap products
-        return np.ascontiguousarray(depthwise(xp, layer.weight, layer.bias, layer.kernel,
-                                              layer.stride, layer.dilation, (oh, ow)))
+    x = x.astype(np.float32, copy=False)
+    if layer.groups == c_in > 1:  # depthwise: per-tap products
+        return depthwise(x, layer.weight, layer.bias, layer.kernel, layer.stride, layer.dilation,
+                         (oh, ow), layer.padding, 0.0, epilogue)
     g = layer.groups
     taps = layer.kernel[0] * layer.kernel[1]
-    cg = layer.in_channels // g
+    cg = c_in // g
     og = c_out // g
+    depth = taps * c_in  # one im2col row: (tap, channel)
     # weight -> (g, taps*cg, og), matching the column order (tap, channel-in-group)
     wg = layer.weight.reshape(g, og, taps, cg).transpose(0, 2, 3, 1).reshape(g, taps * cg, og)
-    if taps == 1 and layer.stride == (1, 1) and g == 1:  # pointwise: one matrix product
-        y = xp.reshape(n * oh * ow, layer.in_channels) @ wg[0]
-        return y.reshape(n, oh, ow, c_out) + layer.bias
-    chunk = max(1, _COLS_BUDGET // max(1, oh * ow * taps * layer.in_channels))
+    wg = np.ascontiguousarray(wg, dtype=np.float32)
+    bias = layer.bias.astype(np.float32)
+    padded = any(layer.padding)
+    pointwise = taps == 1 and layer.stride == (1, 1) and not padded
+    row_bytes = 4 * ow * max(depth, c_out)  # columns (or output) of one output row
+    images = CACHE_BYTES // (oh * row_bytes)  # per chunk; 0: one image is cut into rows
+    rows = max(1, CACHE_BYTES // row_bytes)
+    step = max(1, images)
     out = np.empty((n, oh, ow, c_out), np.float32)
-    for start in range(0, n, chunk):
-        xs = xp[start : start + chunk]
-        k = xs.shape[0]
-        taps_ = window_taps(layer.kernel, layer.stride, layer.dilation, oh, ow)
-        cols = np.stack([xs[:, r, c, :] for r, c in taps_], axis=3)
-        cols = cols.reshape(k * oh * ow, taps, layer.in_channels)
+
+    def product(cols: Array, o: Array) -> None:
         if g == 1:
-            y = cols.reshape(k * oh * ow, taps * cg) @ wg[0]
+            np.matmul(cols, wg[0], out=o)
         else:
-            colsg = cols.reshape(k * oh * ow, taps, g, cg).transpose(2, 0, 1, 3)
-            y = np.matmul(colsg.reshape(g, k * oh * ow, taps * cg), wg)  # (g, P, og)
-            y = y.transpose(1, 0, 2).reshape(k * oh * ow, c_out)
-        out[start : start + k] = y.reshape(k, oh, ow, c_out)
-    out += layer.bias
+            colsg = cols.reshape(-1, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, -1, taps * cg)
+            o.reshape(-1, g, og)[...] = np.matmul(colsg, wg).transpose(1, 0, 2)
+        o += bias
+        if epilogue is not None:
+            epilogue(o)
+
+    def work(start: int, stop: int) -> None:
+        if pointwise:  # no copy: the pixels are the columns
+            for a in range(start, stop, step):
+                b = min(a + step, stop)
+                product(x[a:b].reshape(-1, depth), out[a:b].reshape(-1, c_out))
+            return
+        if padded:  # chunk [a, b) is padded into src[:b - a]
+            src, inner = padded_buffer(min(step, stop - start), (h, w), c_in, layer.padding,
+                                       0.0, np.float32)
+        else:  # chunk [a, b) is src[a:b]
+            src = x
+        win = conv_windows(src, layer.kernel, layer.stride, layer.dilation, (oh, ow))
+        for a in range(start, stop, step):
+            b = min(a + step, stop)
+            if padded:
+                inner[: b - a] = x[a:b]
+                chunk = win[: b - a]
+            else:
+                chunk = win[a:b]
+            if images:
+                product(chunk.reshape(-1, depth), out[a:b].reshape(-1, c_out))
+            else:  # b == a + 1
+                for r in range(0, oh, rows):
+                    product(chunk[0, r : r + rows].reshape(-1, depth),
+                            out[a, r : r + rows].reshape(-1, c_out))
+
+    in_threads(work, n, out[0].nbytes)
     return out
 
 
@@ -109,7 +151,7 @@ def maxpool(layer: MaxPool2d, x: Array) -> Array:
         for rows, cols in taps[1:]:
             np.maximum(out[a:b], xp[a:b, rows, cols, :], out=out[a:b])
 
-    in_threads(work, x.shape[0])
+    in_threads(work, x.shape[0], out[0].nbytes)
     return out
 
 
@@ -123,7 +165,7 @@ def avgpool(layer: AvgPool2d, x: Array) -> Array:
         for rows, cols in taps:
             total[a:b] += xp[a:b, rows, cols, :]
 
-    in_threads(work, x.shape[0])
+    in_threads(work, x.shape[0], total[0].nbytes)
     return total / count[None, :, :, None].astype(np.float32)
 
 
@@ -155,6 +197,43 @@ def run_layer(layer: Layer, *inputs: Array) -> Array:
     return np.asarray(fn(layer, *inputs), dtype=np.float32)
 
 
+def activation_in_place(layer: Relu | Clip) -> Callable[[Array], None]:
+    """`layer` as an in-place update of a float32 array (the same values as `run_layer`)."""
+    if isinstance(layer, Relu):
+
+        def relu(y: Array) -> None:
+            np.maximum(y, np.float32(0.0), out=y)
+
+        return relu
+    low, high = np.float32(layer.low), np.float32(layer.high)
+
+    def clip(y: Array) -> None:
+        np.clip(y, low, high, out=y)
+
+    return clip
+
+
+def _fusions(graph: Graph, uses: Mapping[str, int],
+             fake_quant: bool) -> dict[int, tuple[Conv2d, Relu | Clip]]:
+    """Convolutions (by layer index) to run with the Relu/Clip right after them fused in.
+
+    The activation then updates each output chunk of the convolution in the cache, and the
+    convolution's own output is never formed — so only where nothing else sees it: the
+    activation is its only use, it is not a graph output and it is not fake-quantized.
+    """
+    wanted = set(graph.output_tensors)
+    return {
+        k: (conv, act)
+        for k, (conv, act) in enumerate(itertools.pairwise(graph.layers))
+        if isinstance(conv, Conv2d)
+        and isinstance(act, Relu | Clip)
+        and act.inputs == (conv.output,)
+        and uses[conv.output] == 1
+        and conv.output not in wanted
+        and not (fake_quant and graph.tensors[conv.output].quant is not None)
+    }
+
+
 def run_ir(
     graph: Graph,
     inputs: Mapping[str, Array],
@@ -166,7 +245,8 @@ def run_ir(
     """Execute on IR batches; return the output tensors (`keep="outputs"`) or all (`"all"`).
 
     `observe(name, value)` is called for every tensor as it is computed (calibration uses it to
-    collect statistics without keeping every tensor alive).
+    collect statistics without keeping every tensor alive). Unless every tensor is kept or
+    observed, a convolution followed by its only consumer, a Relu/Clip, runs as one layer.
     """
     values: dict[str, Array] = {}
     for gi in graph.inputs:
@@ -181,16 +261,25 @@ def run_ir(
             for name in layer.inputs:
                 remaining[name] = remaining.get(name, 0) + 1
     wanted = set(graph.output_tensors)
-    for layer in graph.layers:
-        y = run_layer(layer, *(values[name] for name in layer.inputs))
-        values[layer.output] = _maybe_quant(graph, layer.output, y, fake_quant)
-        if observe is not None:
-            observe(layer.output, values[layer.output])
-        if keep != "all":
-            for name in layer.inputs:
-                remaining[name] -= 1
-                if remaining[name] == 0 and name not in wanted:
-                    del values[name]
+    fused = _fusions(graph, remaining, fake_quant) if keep != "all" and observe is None else {}
+    with serial_blas():
+        for k, layer in enumerate(graph.layers):
+            if k - 1 in fused:  # this activation ran inside the convolution before it
+                continue
+            args = [values[name] for name in layer.inputs]
+            if k in fused:
+                conv, act = fused[k]
+                y, output = conv2d(conv, *args, epilogue=activation_in_place(act)), act.output
+            else:
+                y, output = run_layer(layer, *args), layer.output
+            values[output] = _maybe_quant(graph, output, y, fake_quant)
+            if observe is not None:
+                observe(output, values[output])
+            if keep != "all":
+                for name in layer.inputs:
+                    remaining[name] -= 1
+                    if remaining[name] == 0 and name not in wanted:
+                        del values[name]
     if keep == "all":
         return values
     return {name: values[name] for name in wanted}
@@ -215,13 +304,17 @@ def prepare_input(gi: GraphInput, x: Array) -> Array:
         )
     if x.dtype.kind not in "fiub" and x.dtype.name not in ("int4", "uint4", "int2", "uint2"):
         raise UsageError(f"input {gi.onnx_name!r} has non-numeric type {x.dtype}")
-    if x.dtype.kind == "f" and x.size:
+    if x.dtype.kind == "f" and x.dtype.itemsize > 4 and x.size:  # narrower floats all fit
         big = np.abs(x[np.isfinite(x)]).max(initial=0.0)
         if big > np.finfo(np.float32).max:
             raise UsageError(
                 f"input {gi.onnx_name!r} holds values up to {big:.3g}, beyond the float32 range "
                 f"accelgen computes in"
             )
+    layout = gi.layout.reshape(-1)
+    if gi.quant is None and np.array_equal(layout, np.arange(layout.size)):
+        # the model's layout is the IR's: a plain float32 copy, no gather
+        return np.array(x, dtype=np.float32).reshape(x.shape[0], *gi.layout.shape)
     # contiguous: the layout transpose leaves a strided view that slows the first layer
     return np.ascontiguousarray(gi.to_ir(x))
 

@@ -3,7 +3,8 @@
     python benchmarks/reference_speed.py [--batch 64] [--repeats 5] \\
         [--out benchmarks/results/reference_speed.md]
 
-Models: the MLPerf Tiny ResNet-8 and VWW MobileNet float models (../shared/models/mlperf-tiny).
+Models: the MLPerf Tiny ResNet-8, VWW MobileNet and KWS DS-CNN float models
+(../shared/models/mlperf-tiny).
 Both engines get the same random inputs in the model's own layout, the same batch, and this
 machine's default threads. The fixed batch of the ResNet-8 file is made symbolic so onnxruntime
 can batch too. Reported: best-of-`repeats` images/s, and the ratio onnxruntime / reference
@@ -33,10 +34,18 @@ MODELS = {
 
 
 def _batchable(model: onnx.ModelProto) -> onnx.ModelProto:
-    for vi in list(model.graph.input) + list(model.graph.output):
+    """`model` with a symbolic batch dimension on its inputs and outputs, in place.
+
+    The recorded shapes of intermediate tensors (`value_info`) still carry the fixed batch and
+    would pin the outputs to it again through onnxruntime's shape inference ("Expected shape
+    from model of {1,10} does not match actual shape of {64,10}"), so they are dropped;
+    onnxruntime infers them from the symbolic input.
+    """
+    for vi in [*model.graph.input, *model.graph.output]:
         dim = vi.type.tensor_type.shape.dim[0]
         dim.Clear()
         dim.dim_param = "batch"
+    del model.graph.value_info[:]
     return model
 
 
