@@ -134,6 +134,47 @@ def run_tool(tool: str, args: list[str], cwd: Path, log_name: str,
     return text
 
 
+def run_tools(jobs: list[tuple[str, list[str], str]], cwd: Path, parallel: int,
+              timeout: float = 3600) -> list[str]:
+    """Run independent tool invocations ``(tool, args, log_name)`` in `cwd`, at most
+    `parallel` at a time (place-and-route seeds on every core); returns their outputs in job
+    order. The first failure, a timeout or an interruption (Ctrl-C) stops every process still
+    running before the error propagates: no tool outlives the build."""
+    pending = list(enumerate(jobs))
+    running: dict[int, tuple[subprocess.Popen, Path, float]] = {}
+    done: dict[int, str] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, parallel):
+                k, (tool, args, log_name) = pending.pop(0)
+                log = cwd / log_name
+                with log.open("w") as sink:
+                    proc = subprocess.Popen(tool_argv(tool) + args, cwd=cwd, env=hermetic_env(),
+                                            stdout=sink, stderr=subprocess.STDOUT, text=True)
+                running[k] = (proc, log, time.monotonic())
+            for k, (proc, log, started) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    if time.monotonic() - started > timeout:
+                        raise ToolFailed(f"{jobs[k][0]} did not finish within {timeout:.0f} s")
+                    continue
+                del running[k]
+                text = log.read_text(errors="replace")
+                if rc != 0:
+                    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-6:]
+                    errors = [ln for ln in text.splitlines() if "ERROR" in ln or "Error" in ln]
+                    detail = " | ".join(errors[:3] or tail)
+                    raise ToolFailed(f"{jobs[k][0]} failed (exit {rc}): {detail} [log: {log}]")
+                done[k] = text
+            if running:
+                time.sleep(0.1)
+    finally:
+        for proc, _log, _started in running.values():
+            proc.kill()
+            proc.wait()
+    return [done[k] for k in range(len(jobs))]
+
+
 # --------------------------------------------------------------------------------------------
 # nextpnr report
 # --------------------------------------------------------------------------------------------
@@ -324,17 +365,20 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
     run_tool("yosys", ["-q", "-l", "synth.log", "-p", script], workdir, "yosys.log")
     seconds["synthesis"] = time.monotonic() - t0
 
-    reports: list[PnrReport] = []
     placed: dict[int, str] = {}
     t0 = time.monotonic()
+    parallel = min(seeds, os.cpu_count() or 1)
+    say(f"place and route, {seeds} seed(s){f', {parallel} at a time' if seeds > 1 else ''}, "
+        f"target {target_mhz:g} MHz")
+    jobs = []
     for seed in range(1, seeds + 1):
-        say(f"place and route, seed {seed} of {seeds}, target {target_mhz:g} MHz")
         tool, args, out = _pnr_args(family, part, package, constraints, target_mhz, seed,
                                     gowin_family)
-        run_tool(tool, args, workdir, f"nextpnr_{seed}.log")
-        reports.append(parse_report((workdir / f"report_{seed}.json").read_text(), family,
-                                    seed, target_mhz))
+        jobs.append((tool, args, f"nextpnr_{seed}.log"))
         placed[seed] = out
+    run_tools(jobs, workdir, parallel)
+    reports = [parse_report((workdir / f"report_{seed}.json").read_text(), family, seed,
+                            target_mhz) for seed in range(1, seeds + 1)]
     seconds["place_and_route"] = time.monotonic() - t0
     best = max(reports, key=lambda r: r.fmax_mhz)
     t0 = time.monotonic()

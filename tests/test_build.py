@@ -4,6 +4,8 @@ timing failure, interruption) and real builds of a small model through the YoWAS
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,22 +88,33 @@ def test_unknown_board_lists_valid_boards(capsys) -> None:
 
 @pytest.mark.slow
 def test_interrupted_build_leaves_no_output(tmp_path: Path, capsys, monkeypatch) -> None:
-    """Ctrl-C during place and route: exit 130, no output folder, no temporary folder, and
-    an existing output of an earlier build is kept untouched."""
-    real = build_mod.run_tool
+    """Ctrl-C while the place-and-route seeds run: exit 130, every nextpnr process stopped,
+    no output folder, no temporary folder, and an existing output of an earlier build is kept
+    untouched."""
+    started: list[subprocess.Popen] = []
 
-    def interrupt_at_pnr(tool: str, *args, **kwargs):
-        if tool.startswith("nextpnr"):
+    class RecordedPopen(subprocess.Popen):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    class InterruptedClock:  # the seeds' wait loop sleeps between polls: Ctrl-C lands there
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(_seconds: float) -> None:
             raise KeyboardInterrupt
-        return real(tool, *args, **kwargs)
 
-    monkeypatch.setattr(build_mod, "run_tool", interrupt_at_pnr)
+    monkeypatch.setattr(build_mod.subprocess, "Popen", RecordedPopen)
+    monkeypatch.setattr(build_mod, "time", InterruptedClock)
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text('{"earlier": true}')
     code = main(["build", "--model", str(_tiny_model(tmp_path / "t.onnx")), "--out", str(out),
-                 "--no-cache", "--check-images", "1"])
+                 "--no-cache", "--check-images", "1", "--seeds", "2"])
     assert code == 130
+    pnr = [p for p in started if any("nextpnr" in str(a) for a in p.args)]
+    assert len(pnr) == 2 and all(p.poll() is not None for p in started)
     assert json.loads((out / "report.json").read_text()) == {"earlier": True}
     assert not _leftovers(out)
 
