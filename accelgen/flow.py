@@ -280,7 +280,8 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
                                  target_mhz=pll.f_out_mhz, seeds=opts.seeds, workdir=workdir,
                                  bitstream_ext=board.bitstream_ext,
                                  gowin_family=getattr(platform, "family", ""),
-                                 use_cache=opts.use_cache, progress=say)
+                                 use_cache=opts.use_cache, progress=say,
+                                 logic_capacity=board.device.luts)
             if not result.best.timing_met:
                 best = result.best.fmax_mhz
                 raise TimingFailure(

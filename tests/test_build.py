@@ -174,3 +174,31 @@ def test_bad_build_options_are_one_line_errors(extra: list, phrase: str, tmp_pat
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and phrase in line
     assert not out.exists() and not _leftovers(out)
+
+
+def test_overfull_synthesis_stops_before_place_and_route(tmp_path: Path) -> None:
+    """A netlist with more LUTs than the device has never reaches the placer (an overfull
+    Gowin design kept nextpnr-himbaechel busy without end): the real synthesis of the tiny
+    model against a capacity below its LUT count stops with the numbers."""
+    from accelgen.boards import board
+    from accelgen.boards.clocking import pll_settings
+    from accelgen.boards.top import BoardTop
+    from accelgen.cli import quantized_for
+    from accelgen.flow import make_design
+
+    b = board("ice40")
+    pll = pll_settings(b.family, b.clock_mhz, 20.0)
+    qg = quantized_for(str(_tiny_model(tmp_path / "t.onnx")), bits=8)
+    _, _, linked = make_design(qg, b, pll.f_out_mhz, 115200)
+    platform = b.platform()
+    prepared = platform.prepare(BoardTop(linked, b, pll), name="top")
+    files = {n: (t if isinstance(t, str) else t.decode()) for n, t in prepared.files.items()
+             if n.endswith((".il", ".pcf"))}
+    work = tmp_path / "work"
+    with pytest.raises(build_mod.SynthesisTooBig, match=r"synthesis needs [\d,]+ LUTs and the "
+                       r"device has 100\b"):
+        build_mod.build_files(files, family="ice40", part=b.device.part,
+                              package=platform.package, target_mhz=pll.f_out_mhz, seeds=1,
+                              workdir=work, bitstream_ext=".bin", use_cache=False,
+                              logic_capacity=100)
+    assert not list(work.glob("nextpnr_*.log"))  # the placer never started
