@@ -1,6 +1,7 @@
-"""The scheduler's iCE40 logic model against Yosys: a small network's whole accelerator is
-synthesized (``synth_ice40``, about half a minute) and the plan's LUT and flip-flop totals must
-be within 15 % of the cells Yosys reports."""
+"""The scheduler's logic models against Yosys: a small network's whole accelerator is
+synthesized with each family's flow (``synth_ice40`` / ``synth_ecp5`` / ``synth_gowin``, under
+a minute each) and the plan's LUT and flip-flop totals must be within 15 % of what Yosys
+reports, in the units of the family's LUT budget (`accelgen.build.synthesized_logic`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from amaranth import Signal
 from amaranth.back import rtlil
 from amaranth.lib import data
@@ -16,11 +18,13 @@ from onnx import helper
 
 from accelgen.accelerator import Accelerator
 from accelgen.boards import board
-from accelgen.build import hermetic_env, tool_argv
+from accelgen.build import hermetic_env, synthesized_logic, tool_argv, yosys_cell_counts
 from accelgen.compress import quantize
 from accelgen.devices import device
 from accelgen.frontend import load_model
+from accelgen.quantized import QConv, QDense
 from accelgen.scheduler import plan
+from accelgen.scheduler.plan import HardwarePlan
 from tests.onnx_helpers import FLOAT, make_model
 
 
@@ -85,3 +89,58 @@ def test_ice40_logic_model_within_15_percent_of_synthesis(tmp_path: Path) -> Non
     assert abs(model.ff - got["ff"]) <= 0.15 * got["ff"], (model, got)
     # block memories and DSP blocks are counted exactly
     assert (model.bram, model.dsp) == (got["bram"], got["dsp"]), (model, got)
+
+
+# the cells of each family's flow: flip-flops, block RAMs and multipliers (a Gowin DSP block's
+# MULT9X9 halves are counted one by one: `_dsp_products`)
+_FAMILY_CELLS = {
+    "ecp5": {"synth": "synth_ecp5", "ff": r"TRELLIS_FF", "bram": r"DP16KD",
+             "dsp": r"MULT18X18D"},
+    "gowin": {"synth": "synth_gowin", "ff": r"DFF\w*", "bram": r"(?:S?DPX?9?B?|SPX?9?|pROMX?9?)",
+              "dsp": r"MULT9X9"},
+}
+
+
+def _synth(acc: Accelerator, family: str, workdir: Path) -> dict[str, int]:
+    """LUT positions (`synthesized_logic`), flip-flops, block RAMs and DSP multipliers of the
+    family's synthesis of the accelerator alone."""
+    cells = _FAMILY_CELLS[family]
+    values = [v.as_value() if isinstance(v, data.View) else v
+              for _, _, v in acc.signature.flatten(acc)]
+    ports = [v for v in values if isinstance(v, Signal)]
+    text = rtlil.convert(acc, name="top", platform=board(family).platform(), ports=ports)
+    (workdir / "top.il").write_text(text)
+    script = f"read_rtlil top.il; {cells['synth']} -top top; tee -q -o synth_stat.txt stat"
+    subprocess.run([*tool_argv("yosys"), "-q", "-p", script], cwd=workdir, env=hermetic_env(),
+                   check=True, timeout=900)
+    counts = yosys_cell_counts(workdir)
+
+    def count(pattern: str) -> int:
+        return sum(n for cell, n in counts.items() if re.fullmatch(pattern, cell))
+
+    return {"lut": synthesized_logic(family, counts), "ff": count(cells["ff"]),
+            "bram": count(cells["bram"]), "dsp": count(cells["dsp"])}
+
+
+def _dsp_products(p: HardwarePlan) -> int:
+    """Products the plan computes on DSP blocks (one multiplier cell each)."""
+    total = 0
+    for s in p.stages:
+        layer = p.qgraph.layer(s.layer)
+        if isinstance(layer, (QConv, QDense)):
+            x = p.qgraph.tensors[layer.inputs[0]]
+            total += min(s.multipliers, s.dsp_blocks * p.device.dsp_products(x.bits, layer.w_bits))
+    return total
+
+
+@pytest.mark.parametrize("family", ["ecp5", "gowin"])
+def test_logic_model_within_15_percent_of_synthesis(family: str, tmp_path: Path) -> None:
+    """The ECP5 and Gowin models (`MODELS`, fitted per family) against their own flows."""
+    p = plan(_small_network(), device(family))
+    assert p.fits
+    got = _synth(Accelerator(p), family, tmp_path)
+    model = p.accelerator_resources  # synthesized without the host link
+    assert abs(model.lut - got["lut"]) <= 0.15 * got["lut"], (model, got)
+    assert abs(model.ff - got["ff"]) <= 0.15 * got["ff"], (model, got)
+    # block memories and DSP multipliers are counted exactly
+    assert (model.bram, _dsp_products(p)) == (got["bram"], got["dsp"]), (model, got)
