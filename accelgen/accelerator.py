@@ -16,18 +16,22 @@ Ports:
 
 Every tensor edge connects its producer to each consumer through, as needed, a `Broadcast` (a
 tensor read by several layers), a FIFO where the plan asks for one (a residual skip path must
-hold everything the other branch reads before it produces), and `WidthConverter` stages where
-the producer's output lanes differ from the consumer's input lanes. Other edges need no queue
-(`edge_fifo_depth`): every stage's output comes from a register it holds until taken (a MAC
-stage's from a two-entry queue), and every windowed stage's input is its line buffer,
-which takes a beat per cycle while it has a free row — so each stage runs at its own rate and
-the pipeline's interval is its slowest stage's (the cycle model). The exception is a MAC
-stage that drains a fold in several output beats into a narrower consumer: a FIFO of one
-fold's beats lets it requantize the fold at its own rate.
+hold everything the other branch reads before it produces; a global pool takes no input while
+it finishes an image), and `WidthConverter` stages where the producer's output lanes differ
+from the consumer's input lanes (through their least common multiple: `converter_lanes`).
+Other edges need no queue (`edge_fifo_depth`): every stage's output comes from a register it
+holds until taken (a MAC stage's from a two-entry queue), and every windowed stage's input is
+its line buffer, which takes a beat per cycle while it has a free row; the plan gives a line
+buffer rows beyond its window's where its producer would otherwise wait for room
+(`StagePlan.slack_rows`), and its interval is the coupled pipeline's
+(`accelgen.scheduler.flow`). The exception is a MAC stage that drains a fold in several output
+beats into a narrower consumer: a FIFO of one fold's beats lets it requantize the fold at its
+own rate.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from amaranth import Module, Signal, unsigned
@@ -90,10 +94,11 @@ def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan,
                          dsp_products=min(sp.multipliers, sp.dsp_blocks * per_block),
                          shared_product=sp.shared_dsp >= 0,
                          family=None if device is None else device.family,
-                         compact=sp.compact_ring)
+                         compact=sp.compact_ring, slack_rows=sp.slack_rows)
     if isinstance(layer, (QMaxPool, QAvgPool)):
         return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in,
-                         ring_style=sp.style(sp.ring_memory), compact=sp.compact_ring)
+                         ring_style=sp.style(sp.ring_memory), compact=sp.compact_ring,
+                         slack_rows=sp.slack_rows)
     if isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
         mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
         return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in),
@@ -118,13 +123,24 @@ def input_ports(comp: wiring.Component) -> list:
     return [comp.i]
 
 
-def converter_chain(shape, lanes_in: int, lanes_out: int) -> list[WidthConverter]:
+def converter_lanes(lanes_in: int, lanes_out: int) -> list[int]:
+    """The lane counts a stream passes through from `lanes_in` to `lanes_out` lanes: directly
+    when one divides the other, otherwise gathered to their least common multiple and split
+    from it. (Through their greatest common divisor would be cheaper, but the narrow stream
+    between the two converters then needs more beats per image than either side — 4 -> 2 -> 6
+    lanes sends 1.5 beats per 6-lane beat through the middle — and becomes the pipeline's
+    slowest stage; through the multiple, every beat count is at most either side's.)"""
     if lanes_in == lanes_out:
-        return []
+        return [lanes_in]
     if lanes_in % lanes_out == 0 or lanes_out % lanes_in == 0:
-        return [WidthConverter(shape, lanes_in, lanes_out)]
-    g = math.gcd(lanes_in, lanes_out)
-    return [WidthConverter(shape, lanes_in, g), WidthConverter(shape, g, lanes_out)]
+        return [lanes_in, lanes_out]
+    return [lanes_in, math.lcm(lanes_in, lanes_out), lanes_out]
+
+
+def converter_chain(shape, lanes_in: int, lanes_out: int) -> list[WidthConverter]:
+    """The `WidthConverter` stages of `converter_lanes`."""
+    lanes = converter_lanes(lanes_in, lanes_out)
+    return [WidthConverter(shape, a, b) for a, b in itertools.pairwise(lanes)]
 
 
 class Accelerator(wiring.Component):

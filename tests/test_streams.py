@@ -3,14 +3,18 @@ contents preserved under seeded random backpressure."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
-from amaranth import signed
+from amaranth import Module, signed
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accelgen.accelerator import converter_chain, converter_lanes
 from accelgen.cores.streams import Broadcast, StreamFifo, WidthConverter, pixel_layout
 from accelgen.errors import ShapeError
 from tests.hw import get, put, run
@@ -84,3 +88,37 @@ def test_broadcast_delivers_every_beat_to_every_consumer(n: int, seed: int) -> N
     sim.run()
     for k in range(n):
         assert [int(b.data[0]) for b in received[k]] == [b["data"][0] for b in beats]
+
+
+class _Chain(wiring.Component):
+    """The converters between a producer of `a` lanes and a consumer of `b` lanes."""
+
+    def __init__(self, a: int, b: int) -> None:
+        self.parts = converter_chain(signed(6), a, b)
+        super().__init__({"i": In(stream.Signature(pixel_layout(signed(6), a))),
+                          "o": Out(stream.Signature(pixel_layout(signed(6), b)))})
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        for k, part in enumerate(self.parts):
+            m.submodules[f"c{k}"] = part
+        wiring.connect(m, wiring.flipped(self.i), self.parts[0].i)
+        for x, y in itertools.pairwise(self.parts):
+            wiring.connect(m, x.o, y.i)
+        wiring.connect(m, self.parts[-1].o, wiring.flipped(self.o))
+        return m
+
+
+def test_converter_chain_through_the_common_multiple_at_full_rate() -> None:
+    """4 -> 6 lanes goes through 12 (`converter_lanes`): every stream in the chain has at most
+    either side's beats, so 30 four-lane beats (one a cycle) leave as 20 six-lane beats within
+    the same 30 cycles — through 2 lanes the middle stream alone would need 60 — and in order."""
+    assert converter_lanes(4, 6) == [4, 12, 6]
+    assert converter_lanes(6, 3) == [6, 3] and converter_lanes(5, 5) == [5]
+    values = [k % 61 - 30 for k in range(120)]
+    beats = [{"data": values[4 * k:4 * k + 4], "last": k == 29} for k in range(30)]
+    got = run(_Chain(4, 6), {"i": beats}, {"o": 20}, idle=0.0, busy=0.0)
+    assert [int(v) for b in got["o"] for v in b.data] == values
+    assert [bool(b.last) for b in got["o"]] == [False] * 19 + [True]
+    stamps = got["_stamps"]["o"]
+    assert stamps[-1] - stamps[0] <= 30, stamps

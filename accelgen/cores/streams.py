@@ -153,7 +153,9 @@ class WidthConverter(wiring.Component):
 
     Either count must divide the other. Widening gathers ``lanes_out / lanes_in`` beats into
     one; narrowing sends each beat as ``lanes_in / lanes_out`` beats. `last` is kept on the final
-    beat. One beat in or out per cycle; no bubbles.
+    beat. One beat in or out per cycle; no bubbles: a widening converter gathers the first beats
+    of the next output while its last output waits to be taken (so a narrowing converter after
+    it, which takes a beat every ``k`` cycles, never stops it).
     """
 
     def __init__(self, shape: Shape, lanes_in: int, lanes_out: int) -> None:
@@ -174,8 +176,9 @@ class WidthConverter(wiring.Component):
         if li == lo:
             wiring.connect(m, wiring.flipped(self.i), wiring.flipped(self.o))
             return m
-        if lo > li:  # gather k beats
+        if lo > li:  # gather k beats: k - 1 into `part`, the k-th with them into the output
             k = lo // li
+            part = Signal(data.ArrayLayout(self.shape, lo - li))
             buf = Signal(data.ArrayLayout(self.shape, lo))
             count = Signal(range(k))
             full = Signal()
@@ -184,17 +187,22 @@ class WidthConverter(wiring.Component):
                 self.o.payload.data.eq(buf),
                 self.o.payload.last.eq(last),
                 self.o.valid.eq(full),
-                self.i.ready.eq(~full | self.o.ready),
+                # only the k-th beat needs the output register free
+                self.i.ready.eq((count != k - 1) | ~full | self.o.ready),
             ]
             with m.If(self.o.valid & self.o.ready):
                 m.d.sync += full.eq(0)
             with m.If(self.i.valid & self.i.ready):
-                for j in range(k):
+                for j in range(k - 1):
                     with m.If(count == j):
                         for lane in range(li):
-                            m.d.sync += buf[j * li + lane].eq(self.i.payload.data[lane])
+                            m.d.sync += part[j * li + lane].eq(self.i.payload.data[lane])
                 m.d.sync += count.eq(Mux(count == k - 1, 0, count + 1))
                 with m.If(count == k - 1):
+                    for lane in range(lo - li):
+                        m.d.sync += buf[lane].eq(part[lane])
+                    for lane in range(li):
+                        m.d.sync += buf[lo - li + lane].eq(self.i.payload.data[lane])
                     m.d.sync += [full.eq(1), last.eq(self.i.payload.last)]
             return m
         k = li // lo  # split each beat into k

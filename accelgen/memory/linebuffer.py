@@ -35,6 +35,7 @@ Cycle model (`expected_cycles`): one window beat per cycle while the consumer ta
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from amaranth import Array, Const, Module, Mux, Signal, Value
@@ -71,8 +72,13 @@ class WindowGeometry:
     compact: bool = False
     """Hold only the window's rows (``kh``): less memory, but the writer waits for the reader
     at every output row (the scheduler picks it for stages with cycles to spare)."""
+    slack_rows: int = 0
+    """Rows held beyond those (the scheduler adds them where the coupled pipeline needs room
+    for a producer to run ahead: `accelgen.scheduler.flow`)."""
 
     def __post_init__(self) -> None:
+        if self.slack_rows < 0:
+            raise ShapeError(f"slack_rows={self.slack_rows!r} must be >= 0")
         if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ShapeError(
                 f"window kernel {self.kernel}, stride {self.stride}, padding {self.padding}"
@@ -92,8 +98,10 @@ class WindowGeometry:
         """Rows held: the window's rows plus one stride of rows being written meanwhile; a
         window that spans the whole image height (a dense layer) is double-buffered."""
         if self.out_hw[0] == 1:
-            return self.kernel[0] if self.compact else 2 * self.kernel[0]
-        return self.kernel[0] if self.compact else self.kernel[0] + self.stride[0]
+            rows = self.kernel[0] if self.compact else 2 * self.kernel[0]
+        else:
+            rows = self.kernel[0] if self.compact else self.kernel[0] + self.stride[0]
+        return rows + self.slack_rows
 
     def row_needs(self) -> list[tuple[int, int]]:
         """Per output row: (input rows that must be written, rows still needed afterwards)."""
@@ -122,6 +130,7 @@ class WindowGeometry:
         needs = self.row_needs()
         write_end: list[float] = []  # completion time of each global input row
         releases: list[tuple[float, int]] = []  # (time, rows freed so far), in time order
+        freed_counts: list[int] = []  # the rows-freed column of `releases` (non-decreasing)
         writer_free = 0.0
         reader = 0.0
         image_end = []
@@ -132,7 +141,7 @@ class WindowGeometry:
                 g = len(write_end)
                 start = writer_free
                 if g - r >= 0:  # row g needs row g - r released
-                    release = next(t for t, freed in releases if freed > g - r)
+                    release = releases[bisect.bisect_right(freed_counts, g - r)][0]
                     start = max(start, release)
                 writer_free = start + row_write
                 write_end.append(writer_free)
@@ -143,6 +152,7 @@ class WindowGeometry:
                 ready = write_end[img * h + need - 1] if need else 0.0
                 reader = max(reader, ready) + row_read
                 releases.append((reader, img * h + keep_from))
+                freed_counts.append(img * h + keep_from)
                 if oy == len(needs) - 1:
                     image_end.append(reader)
         return image_end[-1] - image_end[-2]

@@ -17,6 +17,12 @@ from accelgen.quantized import QuantizedGraph
 
 RESOURCE_KINDS = ("lut", "ff", "bram", "spram", "dsp")
 
+LOGIC_FILL = {"ice40": 0.96, "ecp5": 0.92, "gowin": 0.92}
+"""Share of a device's LUTs a plan may fill: the placer needs room, and the router more. On
+the UP5K the default model placed and routed at 5,097 of 5,280 logic cells (96.5 %) and could
+not be placed at 5,280; nextpnr-himbaechel-gowin and -ecp5 are given a little more room (the
+Gowin placer ran without end on an over-full GW1NR-9)."""
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -60,6 +66,7 @@ class StagePlan:
     resources: Resources
     ring_memory: str = "none"  # the line buffer: "none", "logic", "bram"
     compact_ring: bool = False  # the line buffer holds only the window's rows
+    slack_rows: int = 0  # rows its line buffer holds beyond the window's and a stride's
     aux_memory: str = "none"  # a global pool's running sums
     shared_dsp: int = -1
     """A DSP block (numbered per plan) whose other half belongs to another stage, where one
@@ -92,6 +99,9 @@ class HardwarePlan:
     host: Resources = Resources()
     """What every build adds around the accelerator: the host link (UART, protocol engine,
     result buffer, counters) and the board top (PLL, reset, status LED)."""
+    interval: float = 0.0
+    """The coupled pipeline's cycles per image (`accelgen.scheduler.flow`); 0: not computed
+    (then the slowest stage's)."""
 
     def stage(self, layer: str) -> StagePlan:
         for s in self.stages:
@@ -100,9 +110,15 @@ class HardwarePlan:
         raise KeyError(layer)
 
     @property
-    def ii_cycles(self) -> float:
-        """Initiation interval: cycles per image in steady state (the slowest stage)."""
+    def stage_interval(self) -> float:
+        """The slowest stage's cycles per image, alone (fed and drained as fast as it likes)."""
         return max(s.cycles for s in self.stages)
+
+    @property
+    def ii_cycles(self) -> float:
+        """Initiation interval: cycles per image in steady state — the coupled pipeline's
+        (`interval`), at least the slowest stage's."""
+        return max(self.interval, self.stage_interval)
 
     @property
     def bottleneck(self) -> str:
@@ -139,8 +155,13 @@ class HardwarePlan:
         return Resources.budget(self.device)
 
     @property
+    def placeable(self) -> Resources:
+        """The budget a plan may use: the device's, with `LOGIC_FILL` of its LUTs."""
+        return replace(self.budget, lut=self.budget.lut * LOGIC_FILL[self.device.family])
+
+    @property
     def fits(self) -> bool:
-        return not self.resources.over(self.budget)
+        return not self.resources.over(self.placeable)
 
     @property
     def multipliers(self) -> int:
@@ -162,6 +183,7 @@ class HardwarePlan:
             "device": self.device.name,
             "clock_mhz": self.clock_mhz,
             "cycles_per_image": round(self.ii_cycles),
+            "slowest_stage_cycles": round(self.stage_interval),
             "fps": self.fps,
             "mac_utilization": self.mac_utilization,
             "multipliers": self.multipliers,

@@ -17,6 +17,15 @@
    branch's head start plus two rows: analytic, so no simulation is needed and no deadlock is
    possible.
 
+5. **Coupling.** Stages that each meet the interval alone can still hold each other up: a
+   stage whose line buffer holds only its window's rows (compact, picked for a stage with
+   time to spare) stops its producer while it reads, and every stage of a balanced pipeline
+   passes such waits on. The coupled pipeline's interval comes from an event model of every
+   stage's rows (`accelgen.scheduler.flow`); while it exceeds the slowest stage's, the
+   line buffer its producers wait on most gets a row more (`StagePlan.slack_rows`) and a
+   global pool a FIFO for what arrives while it divides, as long as the plan still fits. The
+   plan's interval, FPS and MAC utilisation are the coupled pipeline's.
+
 A model that cannot fit even at the least parallelism raises `DoesNotFit` with the per-layer
 needs and what would make it fit.
 """
@@ -49,7 +58,8 @@ from accelgen.quantized import (
     QuantizedGraph,
 )
 from accelgen.scheduler import resources as rmodel
-from accelgen.scheduler.plan import HardwarePlan, Resources, StagePlan
+from accelgen.scheduler.flow import pipeline_flow
+from accelgen.scheduler.plan import LOGIC_FILL, HardwarePlan, Resources, StagePlan
 
 
 class DoesNotFit(AccelgenError):
@@ -63,6 +73,11 @@ class DoesNotFit(AccelgenError):
         self.suggestions = suggestions
 
 
+SLACK_GOAL = 1.01  # stop adding line-buffer rows once the pipeline is this close to its stages
+MAX_SLACK_ROWS = 4  # rows added to one line buffer at most (1, 2, 4) ...
+MAX_SLACK_PIXELS = 64  # ... or pixels, to a pointwise stage's (1, 2, 4, ... 64)
+MAX_RETRIES = 3  # slower stage designs tried when the fastest cannot be made to flow ...
+RETRY_ABOVE = 1.05  # ... this much slower than its slowest stage
 BRAM_COST = 200  # LUT-equivalent cost of a block RAM when comparing options
 MAX_LOGIC_MOVE_BITS = 4096  # block memories up to this size may move to LUTs/FFs when BRAM is short
 
@@ -90,6 +105,7 @@ class Option:
     compact: bool = False
     mult_signed: bool = False  # its multipliers' activation operands are signed
     params: rmodel.Memory | None = None  # a MAC stage's requantizer biases (LUTs by default)
+    slack: int = 0  # line-buffer rows beyond the window's and a stride's (`_slacked`)
 
 
 def _fmt(t: QTensor, lanes: int) -> Format:
@@ -230,6 +246,64 @@ def _kind(layer: QLayer, qg: QuantizedGraph) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _option_window(layer: QLayer, qg: QuantizedGraph, opt: Option
+                   ) -> tuple[WindowGeometry, int] | None:
+    """The line buffer an option reads through and how often it repeats each window; None
+    for a stage without one."""
+    from accelgen.cores.layers import conv_geometry, conv_mode
+
+    x = qg.tensors[layer.inputs[0]]
+    if isinstance(layer, (QConv, QDense)):
+        g = conv_geometry(layer, x, opt.lanes_in, opt.compact, opt.slack)
+        folds = qg.tensors[layer.output].shape[2] // opt.pe
+        return g, folds if conv_mode(layer, x) == "dense" else 1
+    if isinstance(layer, (QMaxPool, QAvgPool)):
+        return WindowGeometry(_fmt(x, opt.lanes_in), layer.kernel, layer.stride, layer.padding,
+                              layer.ceil_mode, opt.compact, opt.slack), 1
+    return None
+
+
+def _slacked(dev: Device, layer: QLayer, qg: QuantizedGraph, opt: Option, slack: int
+             ) -> Option:
+    """The option with `slack` more rows in its line buffer (a bigger ring, costed)."""
+    found = _option_window(layer, qg, opt)
+    if found is None or slack == opt.slack:
+        return opt
+    g, repeats = found
+    old, _ = _window_costs(dev, g, repeats)
+    new, ring = _window_costs(dev, replace(g, slack_rows=slack), repeats)
+    delta = Resources(new.lut - old.lut, new.ff - old.ff, new.bram - old.bram)
+    return replace(opt, fixed=opt.fixed + delta, ring=ring, slack=slack)
+
+
+def _stall_fifos(qg: QuantizedGraph, stages: list[StagePlan],
+                 depths: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """`depths` plus a FIFO before each global pool, which takes no input while it finishes an
+    image (its final division): deep enough for what the producer sends meanwhile at the
+    pipeline's rate, plus one output burst of the producer."""
+    by_layer = {s.layer: s for s in stages}
+    interval = max(s.cycles for s in stages)
+    out = dict(depths)
+    for layer in qg.layers:
+        if not isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
+            continue
+        sp = by_layer[layer.name]
+        x = qg.tensors[layer.inputs[0]]
+        fmt = _fmt(x, sp.lanes_in)
+        stall = sp.cycles - fmt.beats  # cycles beyond a beat per cycle
+        prod = qg.producer(layer.inputs[0])
+        if prod is None or stall <= 0:
+            continue
+        ps = by_layer[prod.name]
+        rate = x.size / ps.lanes_out / interval  # producer beats per cycle
+        if stall * rate < 1:
+            continue
+        depth = math.ceil(stall * rate) + max(1, ps.pe // ps.lanes_out) + 2
+        key = (layer.inputs[0], layer.name)
+        out[key] = max(out.get(key, 0), depth)
+    return out
+
+
 def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
               qg: QuantizedGraph) -> list[StagePlan]:
     model = rmodel.MODELS[dev.family]
@@ -333,7 +407,7 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             multipliers=opt.multipliers, dsp_blocks=dsps,
             weight_memory="none" if mem is None else mem.placement, resources=res,
             ring_memory="none" if ring is None else ring.placement,
-            compact_ring=opt.compact,
+            compact_ring=opt.compact, slack_rows=opt.slack,
             aux_memory="none" if opt.aux is None else opt.aux.placement,
             shared_dsp=half,
             param_memory="none" if pmem is None else pmem.placement,
@@ -349,6 +423,8 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
           fifo_depths: dict[tuple[str, str], int]) -> Resources:
     """Width converters, FIFOs, DSP blocks shared by two stages, the arg-max, the weight loader
     and the accelerator's counters."""
+    from accelgen.accelerator import converter_lanes
+
     model = rmodel.MODELS[dev.family]
     lanes_out = {s.layer: s.lanes_out for s in stages}
     by_layer = {s.layer: s for s in stages}
@@ -358,9 +434,9 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
             prod = qg.producer(t)
             src = lanes_out[prod.name] if prod else by_layer[layer.name].lanes_in
             dst = by_layer[layer.name].lanes_in
-            if src != dst:
-                bits = qg.tensors[t].bits * max(src, dst)
-                held = bits if dst > src else 0  # a widening converter gathers into a register
+            for a, b in itertools.pairwise(converter_lanes(src, dst)):
+                bits = qg.tensors[t].bits * max(a, b)
+                held = bits if b > a else 0  # a widening converter gathers into a register
                 total = total + Resources(model.luts({"converter.base": 1, "converter_bit": bits}),
                                           held + 3)
     from accelgen.accelerator import edge_fifo_depth, fifo_style
@@ -377,12 +453,18 @@ def _glue(dev: Device, qg: QuantizedGraph, stages: list[StagePlan],
         if depth == 0:
             continue
         width = lanes * qg.tensors[t].bits + 1
+        spill = 0  # bits Yosys keeps in flip-flops beside the block RAM
         if fifo_style(depth, width) == "logic":
             mem = rmodel.Memory("fifo", depth, width, "logic", 0)
         else:
-            mem = rmodel.Memory("fifo", depth, width, "bram", rmodel.bram_blocks(dev, depth,
-                                                                                 width))
+            # a word one bit wider than the block's port (a 16-bit pixel and its `last`) is
+            # mapped as the block RAM and one bit of flip-flops (synth_ice40, Yosys 0.70)
+            if (width - 1) % dev.bram_width == 0 and dev.family == "ice40":
+                spill = 1
+            mem = rmodel.Memory("fifo", depth, width, "bram",
+                                rmodel.bram_blocks(dev, depth, width - spill))
         lut, ff = rmodel.logic_memory(model, mem)
+        ff += spill * depth
         total = total + Resources(lut + model.luts({"fifo.base": 1}),
                                   ff + 3 * rmodel.bits_for(depth + 1) + width,
                                   mem.blocks if mem.placement == "bram" else 0)
@@ -523,6 +605,21 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
                                               out_t.size * out_t.bits)
     host = Resources(host_lut, host_ff)
 
+    def build(chosen: list[Option], slack: dict[str, int], stall: bool = False
+              ) -> HardwarePlan:
+        chosen = [_slacked(dev, la, qg, o, slack.get(la.name, 0))
+                  for la, o in zip(layers, chosen, strict=True)]
+        stages = _assemble(dev, layers, chosen, qg)
+        lanes_in = {s.layer: s.lanes_in for s in stages}
+        depths = fifo_depths(qg, lanes_in)
+        if stall:
+            depths = _stall_fifos(qg, stages, depths)
+        glue = _glue(dev, qg, stages, depths)
+        return HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue,
+                            host)
+
+    chosen_for: dict[int, list[Option]] = {}
+
     def attempt(ii: float) -> HardwarePlan | None:
         # each layer's cheapest option, multipliers on DSP blocks counted as cheap; if that
         # leaves LUT multipliers, also with every multiplier at its LUT price (fewer of them),
@@ -532,17 +629,63 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
             chosen = [_cheapest(opts, ii, dev, dsp_scarce) for opts in options]
             if any(c is None for c in chosen):
                 return None
-            stages = _assemble(dev, layers, chosen, qg)  # type: ignore[arg-type]
-            lanes_in = {s.layer: s.lanes_in for s in stages}
-            depths = fifo_depths(qg, lanes_in)
-            glue = _glue(dev, qg, stages, depths)
-            p = HardwarePlan(qg, dev, clock, tuple(stages), stages[0].lanes_in, depths, glue,
-                             host)
+            p = build(chosen, {})  # type: ignore[arg-type]
             if best is None or (p.fits, -p.resources.lut) > (best.fits, -best.resources.lut):
                 best = p
-            if not _lut_multipliers(dev, stages, qg):
+                chosen_for[id(p)] = chosen  # type: ignore[assignment]
+            if not _lut_multipliers(dev, list(p.stages), qg):
                 break
         return best
+
+    def couple(p: HardwarePlan) -> HardwarePlan:
+        """`p` with its coupled interval, and line-buffer rows added where producers wait for
+        room (the stage they wait on most first) while that shortens the interval and fits."""
+        chosen = chosen_for[id(p)]
+        flow = pipeline_flow(p)
+        p = replace(p, interval=flow.interval)
+        stall = False
+        q = build(chosen, {}, stall=True)
+        if q.fifo_depths != p.fifo_depths and q.fits:
+            q_flow = pipeline_flow(q)
+            if q_flow.interval < 0.995 * p.ii_cycles:
+                stall, p, flow = True, replace(q, interval=q_flow.interval), q_flow
+        slack: dict[str, int] = {}
+        tried: set[str] = set()
+        # the most rows each line buffer may get: a pointwise stage's "rows" are pixels
+        most = {}
+        for la, o in zip(layers, chosen, strict=True):
+            found = _option_window(la, qg, o)
+            if found is not None:
+                pixel_rows = found[0].fmt.width == 1 and found[0].kernel == (1, 1)
+                most[la.name] = MAX_SLACK_PIXELS if pixel_rows else MAX_SLACK_ROWS
+        while p.ii_cycles > SLACK_GOAL * p.stage_interval:
+            if not stall:  # (once the slack is in, the stall FIFO may pay off)
+                q = build(chosen, slack, stall=True)
+                if q.fifo_depths != p.fifo_depths and q.fits:
+                    q_flow = pipeline_flow(q)
+                    if q_flow.interval < 0.995 * p.ii_cycles:
+                        stall, p, flow = True, replace(q, interval=q_flow.interval), q_flow
+                        continue
+            waits = [(w, name) for name, w in flow.waits.items()
+                     if w > 0 and name in most and name not in tried
+                     and slack.get(name, 0) < most[name]]
+            if not waits:
+                break
+            name = max(waits)[1]
+            rows = slack.get(name, 0)
+            trial = {**slack, name: min(most[name], max(1, 2 * rows))}
+            q = build(chosen, trial, stall)
+            q_flow = pipeline_flow(q)
+            # better: a shorter interval, or as short with much less waiting (one of several
+            # stalls removed: the others still set the interval)
+            better = q_flow.interval < 0.995 * p.ii_cycles or (
+                q_flow.interval <= p.ii_cycles
+                and sum(q_flow.waits.values()) < 0.9 * sum(flow.waits.values()))
+            if q.fits and better:
+                slack, p, flow = trial, replace(q, interval=q_flow.interval), q_flow
+            else:
+                tried.add(name)
+        return p
 
     # smallest feasible interval: the fit is monotone in the interval, so bisect
     lo, hi = 0, len(candidates) - 1
@@ -558,12 +701,24 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
             best, hi = p, mid
         else:
             lo = mid + 1
+    # the coupled pipeline may be slower than its slowest stage where rows could not be added
+    # (no memory left): a slower stage design with room for them may then be faster
+    best = couple(best)
+    for ii in candidates[lo + 1:lo + 1 + MAX_RETRIES]:
+        if best.ii_cycles <= RETRY_ABOVE * best.stage_interval or ii >= best.ii_cycles:
+            break
+        p = attempt(ii)
+        if p is not None and p.fits:
+            p = couple(p)
+            if p.ii_cycles < best.ii_cycles:
+                best = p
     return best
 
 
 def _does_not_fit(qg: QuantizedGraph, dev: Device, p: HardwarePlan | None,
                   fps: float | None) -> DoesNotFit:
-    budget = Resources.budget(dev)
+    fill = LOGIC_FILL[dev.family]
+    budget = replace(Resources.budget(dev), lut=math.floor(dev.luts * fill))
     table = []
     if p is not None:
         table += [{"layer": s.layer, "kind": s.kind, **s.resources.as_dict()} for s in p.stages]
@@ -587,8 +742,10 @@ def _does_not_fit(qg: QuantizedGraph, dev: Device, p: HardwarePlan | None,
         suggestions.append(f"a lower --fps than {fps:g}")
     if bigger:
         suggestions.append(f"a bigger device ({', '.join(bigger[:3])})")
-    detail = ", ".join(f"{k} {getattr(used, k):,.0f}/{getattr(budget, k):,}" for k in over
-                       if k != "cycles")
+    detail = ", ".join(f"{k} {getattr(used, k):,.0f}/{getattr(budget, k):,}"
+                       + (f" ({fill:.0%} of {dev.luts:,}, room to place and route)"
+                          if k == "lut" else "")
+                       for k in over if k != "cycles")
     message = (f"{qg.name} does not fit {dev.name} even at the least parallelism"
                + (f" ({detail})" if detail else "")
                + (f"; try {'; or '.join(suggestions)}" if suggestions else ""))
