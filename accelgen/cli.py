@@ -467,7 +467,10 @@ def print_plan(p) -> None:
     print(f"{p.qgraph.name} on {p.device.name} at {p.clock_mhz:g} MHz: "
           f"{s['cycles_per_image']:,} cycles per image, {s['fps']:,.0f} FPS, MAC utilisation "
           f"{100 * s['mac_utilization']:.0f} % ({s['multipliers']} multipliers), "
-          f"bottleneck {s['bottleneck']!r}")
+          f"slowest stage {s['bottleneck']!r} ({s['slowest_stage_cycles']:,} cycles"
+          + ("" if s["slowest_stage_cycles"] == s["cycles_per_image"] else
+             "; the coupled pipeline waits where line buffers have no room for more rows")
+          + ")")
     head = (f"  {'layer':<28} {'kind':<10} {'parallelism':<14} {'lanes':>7} {'cycles':>9} "
             f"{'LUT':>7} {'FF':>7} {'BRAM':>5} {'SPRAM':>5} {'DSP':>4}  weights")
     print(head)
