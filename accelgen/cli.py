@@ -24,7 +24,8 @@ from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
 
 log = logging.getLogger("accelgen")
 
-ENGINES = ("reference", "golden", "pysim")
+ENGINES = ("reference", "golden", "pysim", "cxxrtl")
+HARDWARE_ENGINES = ("pysim", "cxxrtl")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,8 +280,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from accelgen import golden, reference
     from accelgen.frontend import load_model
 
-    if args.engine == "pysim":
-        return _run_pysim(args)
+    if args.engine in HARDWARE_ENGINES:
+        return _run_hardware(args)
     if args.engine == "golden":
         if not is_accel(Path(args.model)):
             raise UsageError(
@@ -302,21 +303,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_pysim(args: argparse.Namespace) -> int:
+def _run_hardware(args: argparse.Namespace) -> int:
     from accelgen import golden
     from accelgen.accelerator import Accelerator
     from accelgen.devices import device
     from accelgen.scheduler import plan
-    from accelgen.sim.pysim import simulate
+    from accelgen.sim import simulate
 
     if not is_accel(Path(args.model)):
-        raise UsageError(f"--engine pysim runs a shape description (NAME.accel/); {args.model!r} "
-                         f"is not one: run `accelgen compress {args.model}` first")
+        raise UsageError(f"--engine {args.engine} runs a shape description (NAME.accel/); "
+                         f"{args.model!r} is not one: run `accelgen compress {args.model}` first")
     qg = load_accel(args.model)
     p = plan(qg, device(args.board))
     feeds = load_inputs(args.inputs, qg)
     x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
-    result = simulate(Accelerator(p), x_ir)
+    result = simulate(Accelerator(p), x_ir, backend=args.engine)
     qo = qg.outputs[0]
     real = qg.tensors[qo.tensor].dequantize(result.logits).reshape((-1, *qo.onnx_shape))
     if qo.host_softmax:
@@ -394,10 +395,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     target = Path(args.model) if args.model else None
     accel = target is not None and is_accel(target)
     engine = args.engine or ("golden" if accel else "reference")
+    if accel and engine in HARDWARE_ENGINES:
+        return _evaluate_hardware(args, engine)
     if accel:
         qg = load_accel(args.model)
         if engine != "golden":
-            raise UsageError(f"a shape description runs on --engine golden, not {engine!r}")
+            raise UsageError(f"a shape description runs on --engine golden, pysim or cxxrtl, "
+                             f"not {engine!r}")
         shape = qg.inputs[0].onnx_shape
         data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
             None, "eval", qg)
@@ -426,6 +430,86 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{engine}: {result.correct:,}/{result.images:,} correct = "
               f"{100 * result.accuracy:.2f} % on {data.source}")
     return 0
+
+
+def _evaluate_hardware(args: argparse.Namespace, engine: str) -> int:
+    """The generated design's accuracy over the evaluation data, simulated image by image and
+    compared with the golden model's (they must be equal), and its cycles per image."""
+    from accelgen import golden
+    from accelgen.accelerator import Accelerator
+    from accelgen.data import load_npz
+    from accelgen.devices import device
+    from accelgen.scheduler import plan
+    from accelgen.sim import SimulationError, simulate
+
+    qg = load_accel(args.model)
+    shape = qg.inputs[0].onnx_shape
+    data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
+        None, "eval", qg)
+    if data is None:
+        raise UsageError("this model has no shipped evaluation data: pass --data FILE.npz")
+    if data.y is None:
+        raise UsageError(f"{data.source!r} has no labels 'y'; accuracy needs them")
+    data = data.limit(args.limit)
+    p = plan(qg, device(args.board))
+    acc = Accelerator(p)
+    batch = 50 if engine == "pysim" else 1000
+    classes, cycles, mismatched = [], [], []
+    progress = _progress(len(data), f"{engine} on {p.device.name}", quiet=args.json)
+    for start in range(0, len(data), batch):
+        x = data.x[start:start + batch]
+        want = golden.logits(qg, x)
+        x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
+        result = simulate(acc, x_ir, backend=engine, back_to_back=True)
+        same = np.all(result.logits == want, axis=1) & (result.classes == want.argmax(1))
+        mismatched += [start + int(k) for k in np.flatnonzero(~same)]
+        classes.append(result.classes)
+        # the first image's figure is its latency; the rest are intervals between images
+        cycles.append(result.cycles[1:] if start == 0 else result.cycles)
+        progress(len(x))
+    progress(0, done=True)
+    hw = np.concatenate(classes)
+    correct = int(np.sum(hw == data.y))
+    per_image = np.concatenate(cycles) if sum(len(c) for c in cycles) else np.array([0])
+    median = float(np.median(per_image))
+    doc = {
+        "engine": engine, "board": args.board, "device": p.device.name, "images": len(data),
+        "correct": correct, "accuracy": correct / len(data), "data": data.source,
+        "golden_mismatches": len(mismatched), "mismatched_images": mismatched[:20],
+        "cycles_per_image": {"min": int(per_image.min()), "median": median,
+                             "max": int(per_image.max())},
+        "clock_mhz": p.clock_mhz, "fps": p.clock_mhz * 1e6 / median if median else 0.0,
+        "plan_cycles_per_image": p.ii_cycles,
+    }
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        c = doc["cycles_per_image"]
+        agree = ("equal to golden on every image" if not mismatched else
+                 f"{len(mismatched)} images DIFFER from golden (first: {mismatched[:5]})")
+        print(f"{engine}: {correct:,}/{len(data):,} correct = {100 * doc['accuracy']:.2f} % on "
+              f"{data.source}; {agree}")
+        print(f"cycles per image (steady state): min {c['min']:,}, median {c['median']:,.0f}, "
+              f"max {c['max']:,} (plan {p.ii_cycles:,.0f}); {doc['fps']:,.0f} FPS at "
+              f"{p.clock_mhz:g} MHz on {p.device.name}")
+    if mismatched:
+        raise SimulationError(
+            f"the simulated hardware differs from the golden model on {len(mismatched)} of "
+            f"{len(data)} images (first: {mismatched[:5]}): a bug in accelgen, please report it")
+    return 0
+
+
+def _progress(total: int, label: str, quiet: bool = False):
+    """A progress line on stderr when it is a terminal; call with the images just done."""
+    if quiet or total < 2 or not sys.stderr.isatty():
+        return lambda n, done=False: None
+    seen = [0]
+
+    def update(n: int, done: bool = False) -> None:
+        seen[0] += n
+        end = "\n" if done else ""
+        print(f"\r{label}: {seen[0]:,}/{total:,} images", end=end, file=sys.stderr, flush=True)
+    return update
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,7 +687,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help=".npy (one input) or .npz (keyed by name)")
     s.add_argument("-o", "--output", required=True, help=".npy (one output) or .npz")
     s.add_argument("--engine", choices=ENGINES, default="reference")
-    s.add_argument("--board", default="ice40", help="the board whose plan pysim simulates")
+    s.add_argument("--board", default="ice40",
+                   help="the board whose plan --engine pysim/cxxrtl simulates")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("estimate", help="plan the accelerator: folding, cycles, resources")
@@ -639,6 +724,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, metavar="FILE.npz")
     s.add_argument("--engine", choices=ENGINES, default=None)
     s.add_argument("--limit", type=int, default=None, help="only the first N images")
+    s.add_argument("--board", default="ice40",
+                   help="the board whose plan --engine pysim/cxxrtl simulates")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 

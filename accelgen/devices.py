@@ -43,7 +43,7 @@ DEVICES: dict[str, Device] = {
     "iCE40UP5K": Device("iCE40UP5K", "ice40", "up5k", luts=5280, ffs=5280, bram_blocks=30,
                         bram_bits=4096, bram_width=16, spram_blocks=4, spram_bits=262144,
                         spram_width=16, dsp_blocks=8, dsp_products_8bit=2, dsp_max_bits=16,
-                        planned_clock_mhz=40.0),
+                        planned_clock_mhz=25.0),
     "iCE40HX8K": Device("iCE40HX8K", "ice40", "hx8k", luts=7680, ffs=7680, bram_blocks=32,
                         bram_bits=4096, bram_width=16, spram_blocks=0, spram_bits=0,
                         spram_width=0, dsp_blocks=0, dsp_products_8bit=0, dsp_max_bits=0,

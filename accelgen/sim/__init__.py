@@ -1,5 +1,27 @@
-"""Simulating generated accelerators: Amaranth's simulator now, a compiled backend later."""
+"""Simulating generated accelerators: Amaranth's Python simulator (``pysim``) and the compiled
+RTL of Yosys' CXXRTL (``cxxrtl``), behind one entry point with one contract."""
 
-from accelgen.sim.pysim import SimResult, SimulationError, simulate
+from __future__ import annotations
 
-__all__ = ["SimResult", "SimulationError", "simulate"]
+import numpy as np
+
+from accelgen.errors import UsageError
+from accelgen.sim.pysim import SimResult, SimulationError
+
+BACKENDS = ("pysim", "cxxrtl")
+
+__all__ = ["BACKENDS", "SimResult", "SimulationError", "simulate"]
+
+
+def simulate(acc, x_ir: np.ndarray, *, backend: str = "pysim", **options) -> SimResult:
+    """Stream integer IR images (N, H, W, C) through `acc`: logits, classes and cycles per
+    image, identical for both backends (see `accelgen.sim.pysim.simulate` for the options)."""
+    if backend == "pysim":
+        from accelgen.sim import pysim
+
+        return pysim.simulate(acc, x_ir, **options)
+    if backend == "cxxrtl":
+        from accelgen.sim import cxxrtl
+
+        return cxxrtl.simulate(acc, x_ir, **options)
+    raise UsageError(f"simulation backend {backend!r} (one of {', '.join(BACKENDS)})")

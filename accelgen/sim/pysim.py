@@ -10,8 +10,11 @@ stalls) exercises the flow control; the hardware's own latency counter is read b
 
 from __future__ import annotations
 
+import gc
 import random
+import sys
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +36,7 @@ class SimResult:
     cycles: np.ndarray  # per image: latency, or the interval to the previous image
     counter_latency: int  # the hardware latency counter after the last image
     total_cycles: int
+    run_seconds: float = 0.0  # wall time of the simulation itself (no elaboration, no compile)
 
 
 def pixel_beats(x: np.ndarray, lanes: int) -> list[dict]:
@@ -122,7 +126,7 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
                 if payload.last:
                     logits.append(current)
                     current = []
-                    out_end.append(state["cycle"] + 1)
+                    out_end.append(state["cycle"])  # the edge that moved it
         state["counter"] = ctx.get(acc.latency)
 
     async def classes_sink(ctx) -> None:
@@ -136,11 +140,20 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
     sim.add_testbench(feeder)
     sim.add_testbench(drain)
     sim.add_testbench(classes_sink)
-    if vcd:
-        with sim.write_vcd(vcd):
+    failure = None
+    started = time.perf_counter()
+    try:
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
             sim.run()
-    else:
-        sim.run()
+    except SimulationError as e:
+        failure = SimulationError(str(e))
+    if failure is not None:
+        sim = None
+        _drop_suspended_testbenches()
+        raise failure
     if len(logits) != n or any(len(v) != per_image * acc.out_fmt.lanes for v in logits):
         raise SimulationError(f"expected {n} images of {out_t.size} logits")
     order = qg.outputs[0].layout.reshape(-1)
@@ -149,7 +162,25 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
         cycles = np.diff(np.array([in_start[0], *out_end]))
     else:
         cycles = np.array(out_end) - np.array(in_start)
-    return SimResult(arr, np.array(classes[:n]), cycles, state["counter"], state["cycle"])
+    return SimResult(arr, np.array(classes[:n]), cycles, state["counter"], state["cycle"],
+                     time.perf_counter() - started)
+
+
+def _drop_suspended_testbenches() -> None:
+    """Collect the testbenches a `SimulationError` left suspended, without the "Exception
+    ignored ... aclose()" noise Python prints when it finalizes them (a cancelled self-check
+    of a failing build would otherwise print a traceback under the build's one-line error)."""
+    previous = sys.unraisablehook
+
+    def hook(info) -> None:
+        if not isinstance(info.exc_value, (RuntimeError, GeneratorExit)):
+            previous(info)
+
+    sys.unraisablehook = hook
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
 
 
 def run_model(acc: Accelerator, feeds) -> SimResult:
