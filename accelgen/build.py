@@ -421,6 +421,11 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
     reports = [parse_report((workdir / f"report_{seed}.json").read_text(), family, seed,
                             target_mhz) for seed in range(1, seeds + 1)]
     seconds["place_and_route"] = time.monotonic() - t0
+    if family == "ice40":  # nextpnr-ice40 counts logic cells only: the flip-flops synthesized
+        flops = sum(n for cell, n in yosys_cell_counts(workdir).items()
+                    if cell.startswith("SB_DFF"))
+        for r in reports:
+            r.resources["ff"]["used"] = flops if flops else -1
     best = max(reports, key=lambda r: r.fmax_mhz)
     t0 = time.monotonic()
     say("packing the bitstream")

@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -453,20 +454,30 @@ def _evaluate_hardware(args: argparse.Namespace, engine: str) -> int:
     data = data.limit(args.limit)
     p = plan(qg, device(args.board))
     acc = Accelerator(p)
-    batch = 50 if engine == "pysim" else 1000
+    # the compiled model runs one image stream per core (ctypes lets go of the GIL), pysim one
+    workers = (os.cpu_count() or 1) if engine == "cxxrtl" else 1
+    batch = 50 if engine == "pysim" else 500 * workers
     classes, cycles, mismatched = [], [], []
     progress = _progress(len(data), f"{engine} on {p.device.name}", quiet=args.json)
-    for start in range(0, len(data), batch):
-        x = data.x[start:start + batch]
-        want = golden.logits(qg, x)
-        x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
-        result = simulate(acc, x_ir, backend=engine, back_to_back=True)
-        same = np.all(result.logits == want, axis=1) & (result.classes == want.argmax(1))
-        mismatched += [start + int(k) for k in np.flatnonzero(~same)]
-        classes.append(result.classes)
-        # the first image's figure is its latency; the rest are intervals between images
-        cycles.append(result.cycles[1:] if start == 0 else result.cycles)
-        progress(len(x))
+
+    def run(x_ir: np.ndarray):
+        return simulate(acc, x_ir, backend=engine, back_to_back=True)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(data), batch):
+            x = data.x[start:start + batch]
+            want = golden.logits(qg, x)
+            x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
+            parts = [c for c in np.array_split(x_ir, workers) if len(c)]
+            results = list(pool.map(run, parts))
+            got_logits = np.concatenate([r.logits for r in results])
+            got_classes = np.concatenate([r.classes for r in results])
+            same = np.all(got_logits == want, axis=1) & (got_classes == want.argmax(1))
+            mismatched += [start + int(k) for k in np.flatnonzero(~same)]
+            classes.append(got_classes)
+            # each stream's first figure is a latency; the rest are intervals between images
+            cycles += [r.cycles[1:] for r in results]
+            progress(len(x))
     progress(0, done=True)
     hw = np.concatenate(classes)
     correct = int(np.sum(hw == data.y))

@@ -11,9 +11,10 @@ Steps, in order; each fails with one clear `AccelgenError` before the next start
    synthesis, with the per-layer table);
 4. generate the design: the accelerator behind its host link (UART at ``baud``), in the board
    top with the PLL;
-5. the self-check — a few evaluation images through the accelerator in Amaranth's simulator,
-   compared with the golden model with ``==`` — runs in a thread *while* Yosys and nextpnr run
-   (they are separate processes), so it costs no wall time on a machine with two cores;
+5. the self-check — a few evaluation images through the accelerator's compiled RTL (CXXRTL;
+   Amaranth's simulator where no C++ compiler is installed, which the build says), compared
+   with the golden model with ``==`` — runs in a thread *while* Yosys and nextpnr run (they
+   are separate processes);
 6. synthesis, place and route with ``seeds`` seeds (the fastest is kept), packing; timing below
    the planned clock fails the build (with ``--retry-lower-clock``: one more build at the
    achieved Fmax, rounded down to a PLL setting);
@@ -108,16 +109,30 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def run_self_check(acc, qg, x: np.ndarray, stop: threading.Event | None = None) -> dict:
-    """Simulate `x` (model-layout inputs) and compare with golden; `stop` cancels."""
+def self_check_engine() -> str:
+    """The compiled simulator where a C++ compiler is installed (minutes faster on a whole
+    network), Amaranth's otherwise; the build says which it used."""
+    from accelgen.sim.cxxrtl import CompilerMissing, find_compiler
+
+    try:
+        find_compiler()
+    except CompilerMissing:
+        return "pysim"
+    return "cxxrtl"
+
+
+def run_self_check(acc, qg, x: np.ndarray, stop: threading.Event | None = None,
+                   engine: str = "pysim") -> dict:
+    """Simulate `x` (model-layout inputs) with `engine` and compare with golden; `stop`
+    cancels."""
     from accelgen import golden
-    from accelgen.sim.pysim import simulate
+    from accelgen.sim import simulate
 
     t0 = time.monotonic()
     x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
     want = golden.logits(qg, x)
-    sim = simulate(acc, x_ir, stop=stop)
-    return {"images": len(x), "equal": bool(np.array_equal(sim.logits, want)),
+    sim = simulate(acc, x_ir, backend=engine, stop=stop)
+    return {"images": len(x), "engine": engine, "equal": bool(np.array_equal(sim.logits, want)),
             "classes_equal": bool(np.array_equal(sim.classes, want.argmax(axis=1))),
             "cycles": [int(c) for c in sim.cycles], "seconds": time.monotonic() - t0}
 
@@ -260,8 +275,12 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
             rng = np.random.default_rng(0)
             shape = qg.inputs[0].onnx_shape if hasattr(qg.inputs[0], "onnx_shape") else None
             x = rng.uniform(0, 1, size=(opts.check_images, *(shape or ()))).astype(np.float32)
-        say(f"self-check: {len(x)} images through the simulated accelerator (in the background)")
-        checker = pool.submit(run_self_check, acc, qg, x, stop)
+        engine = self_check_engine()
+        how = ("compiled RTL, CXXRTL" if engine == "cxxrtl" else
+               "Amaranth's simulator: no C++ compiler for the compiled one")
+        say(f"self-check: {len(x)} images through the simulated accelerator ({how}; in the "
+            f"background)")
+        checker = pool.submit(run_self_check, acc, qg, x, stop, engine)
 
     try:
         platform = board.platform()
@@ -365,7 +384,7 @@ def summary_lines(r: dict) -> list[str]:
     sc = r.get("self_check") or {}
     if sc:
         lines.append(f"  self-check    {sc.get('images', 0)} images bit-exact in simulation "
-                     f"({sc.get('seconds', 0):.0f} s)")
+                     f"({sc.get('engine', 'pysim')}, {sc.get('seconds', 0):.0f} s)")
     if r.get("fmax_mhz"):
         met = "met" if r["timing_met"] else "FAILED"
         lines.append(f"  clock         {r['clock_mhz']:g} MHz planned, Fmax {r['fmax_mhz']:.1f} "

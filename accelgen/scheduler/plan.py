@@ -21,10 +21,10 @@ LOGIC_FILL = {"ice40": 0.93, "ecp5": 0.92, "gowin": 0.8}
 """Share of a device's LUTs a plan may fill: the placer needs room, and the router more. On
 the UP5K the default model placed and routed at 5,097 of 5,280 logic cells (96.5 %) and could
 not be placed at 5,280; a plan at 96 % (5,067 estimated) packed into 5,386 cells and could not
-be placed, one at 93 % (4,909) packed into 5,186 (98 %) and placed and routed. On the GW1NR-9 a plan at 7,884 (91 %) synthesized to 8,253 LUT
-positions (8,564 LUT4 once packed, 99 %) and nextpnr-himbaechel placed it for over 15 minutes
-without end: the Gowin model underestimates by about 5 % and its placer wants room
-(`accelgen.build.PLACEABLE`)."""
+be placed, one at 93 % (4,909) packed into 5,186 (98 %) and placed and routed. On the
+GW1NR-9 a plan at 7,884 (91 %) synthesized to 8,253 LUT positions (8,564 LUT4 once packed,
+99 %) and nextpnr-himbaechel placed it for over 15 minutes without end: the Gowin model
+underestimates by about 5 % and its placer wants room (`accelgen.build.PLACEABLE`)."""
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -131,10 +131,14 @@ class CompiledDesign:
 _LOCK = threading.Lock()
 
 
-def compile_design(acc: Accelerator) -> CompiledDesign:
-    """The shared library simulating `acc` (compiled, or from the cache)."""
+def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> CompiledDesign:
+    """The shared library simulating `acc` (compiled, or from the cache); setting `stop`
+    stops the compiler (a `SimulationError`)."""
     from accelgen.build import run_tool
 
+    memo = getattr(acc, "_compiled_simulation", None)
+    if memo is not None and memo.library.is_file():
+        return replace(memo, compile_seconds=0.0)
     top = SimTop(acc)
     # without source locations: an edit elsewhere in accelgen does not change the design, and
     # the C++ is smaller
@@ -151,7 +155,8 @@ def compile_design(acc: Accelerator) -> CompiledDesign:
     in_bits, out_bits = len(top.idata), len(top.odata)
     with _LOCK:
         if lib.is_file():
-            return CompiledDesign(lib, in_bits, out_bits, 0.0)
+            acc._compiled_simulation = CompiledDesign(lib, in_bits, out_bits, 0.0)
+            return acc._compiled_simulation
         start = time.monotonic()
         out.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
@@ -165,19 +170,36 @@ def compile_design(acc: Accelerator) -> CompiledDesign:
                 raise CompileFailed(f"Yosys could not write the C++ model: {e}") from None
             argv = [cxx, *COMPILE_FLAGS, f"-I{_runtime_include()}", f"-I{work}",
                     "model.cc", "driver.cc", "-o", "model.so"]
-            proc = subprocess.run(argv, cwd=work, capture_output=True, text=True)
+            log = work / "compile.log"
+            with log.open("w") as sink:
+                proc = subprocess.Popen(argv, cwd=work, stdout=sink, stderr=subprocess.STDOUT)
+                try:
+                    while proc.poll() is None:
+                        if stop is not None and stop.wait(0.2):
+                            raise SimulationError("the simulation was cancelled")
+                        if stop is None:
+                            time.sleep(0.2)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
             if proc.returncode != 0:
-                (work / "compile.log").write_text(proc.stdout + proc.stderr)
-                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
-                             proc.stderr.strip()[-300:])
+                text = log.read_text(errors="replace")
+                first = next((ln for ln in text.splitlines() if "error" in ln),
+                             text.strip()[-300:])
                 raise CompileFailed(f"{Path(cxx).name} failed on the simulation model: "
-                                    f"{first} [log: {work / 'compile.log'}]")
+                                    f"{first} [log: {log}]")
             out.mkdir(exist_ok=True)
             os.replace(work / "model.so", lib)  # atomic: a half-written library is never used
-        finally:
-            if lib.is_file():
-                shutil.rmtree(work, ignore_errors=True)
-        return CompiledDesign(lib, in_bits, out_bits, time.monotonic() - start)
+        except CompileFailed:
+            raise  # its logs stay in `work`
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(work, ignore_errors=True)
+        acc._compiled_simulation = CompiledDesign(lib, in_bits, out_bits,
+                                                  time.monotonic() - start)
+        return acc._compiled_simulation
 
 
 _U32P = ctypes.POINTER(ctypes.c_uint32)
@@ -196,7 +218,7 @@ def _load(lib: Path) -> ctypes.CDLL:
         ctypes.c_void_p, _U8P, ctypes.c_uint64, _U32P, ctypes.c_uint64, ctypes.c_uint32,
         ctypes.c_uint64, ctypes.c_int, _U32P, ctypes.c_uint64, ctypes.c_uint32, _U32P, _U64P,
         _U64P, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double, ctypes.c_double,
-        ctypes.c_char_p, ctypes.c_int64, _U64P,
+        ctypes.c_char_p, ctypes.c_int64, _U64P, ctypes.POINTER(ctypes.c_int32),
     ]
     return dll
 
@@ -242,7 +264,7 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
     """`accelgen.sim.pysim.simulate` through the compiled model (`vcd` dumps image
     `vcd_image`'s cycles; -1: all). `stop` is accepted for the same signature; a compiled run
     is not interruptible."""
-    design = compile_design(acc)
+    design = compile_design(acc, stop)
     dll = _load(design.library)
     fi, fo = acc.in_fmt, acc.out_fmt
     n, h, w, c = x_ir.shape
@@ -264,6 +286,18 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
     stats = np.zeros(5, dtype=np.uint64)
     image = acc.weight_image()
     load = np.frombuffer(image, dtype=np.uint8) if image else np.zeros(1, dtype=np.uint8)
+    cancel = (ctypes.c_int32 * 1)(0)
+    watcher = None
+    if stop is not None:  # another thread's `stop` reaches the C++ loop through `cancel`
+        def watch() -> None:
+            while not stop.wait(0.2):
+                if done.is_set():
+                    return
+            cancel[0] = 1
+
+        done = threading.Event()
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
     handle = dll.ag_new()
     started = time.perf_counter()
     try:
@@ -273,10 +307,12 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
             n, int(back_to_back), out_words.ctypes.data_as(_U32P), cap, fo.lanes * fo.bits,
             classes.ctypes.data_as(_U32P), in_start.ctypes.data_as(_U64P),
             out_end.ctypes.data_as(_U64P), deadline, 0 if seed is None else seed, idle, busy,
-            (vcd or "").encode(), vcd_image, stats.ctypes.data_as(_U64P))
+            (vcd or "").encode(), vcd_image, stats.ctypes.data_as(_U64P), cancel)
     finally:
         seconds = time.perf_counter() - started
         dll.ag_free(handle)
+        if watcher is not None:
+            done.set()
     if rc == 1:
         raise SimulationError(f"simulation made no progress within {deadline:,} cycles "
                               f"({int(stats[2])} of {cap} output beats done)")
@@ -284,6 +320,8 @@ def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
         raise SimulationError(f"the loader took {len(image)} bytes but is not done")
     if rc == 3:
         raise SimulationError(f"expected {n} images of {out_t.size} logits, got more")
+    if rc == 5:
+        raise SimulationError("the simulation was cancelled")
     if rc == 4:
         raise SimulationError(f"cannot write the waveform file {vcd!r}")
     if int(stats[2]) != cap:

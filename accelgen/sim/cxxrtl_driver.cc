@@ -132,17 +132,19 @@ void ag_free(void *h) {
 
 // Return codes: 0 done; 1 no progress within `deadline` cycles; 2 the loader took the weight
 // image but does not say `loaded`; 3 more output beats than `out_cap`; 4 the VCD file could
-// not be written.
+// not be written; 5 cancelled.
 //
 // `in`: `n_in` input beats of IN_CHUNKS words (the packed payload, `in_last_bit` its last
 // flag); `out`: room for `out_cap` output beats of OUT_CHUNKS words. Per image: `in_start`,
 // `out_end` (cycles), `classes`. `stats`: total cycles, the latency counter after the last
-// image, output beats, classes, the cycle the loading ended.
+// image, output beats, classes, the cycle the loading ended. `cancel`: the run stops (code 5)
+// within 4,096 cycles of another thread setting it.
 int ag_run(void *h, const uint8_t *load, uint64_t n_load, const uint32_t *in, uint64_t n_in,
            uint32_t in_last_bit, uint64_t n_images, int back_to_back, uint32_t *out,
            uint64_t out_cap, uint32_t out_last_bit, uint32_t *classes, uint64_t *in_start,
            uint64_t *out_end, uint64_t deadline, uint64_t seed, double idle, double busy,
-           const char *vcd_path, int64_t vcd_image, uint64_t *stats) {
+           const char *vcd_path, int64_t vcd_image, uint64_t *stats,
+           const volatile int32_t *cancel) {
   Sim &s = *static_cast<Sim *>(h);
   Top &t = s.top;
   if (vcd_path && vcd_path[0]) {
@@ -163,9 +165,11 @@ int ag_run(void *h, const uint8_t *load, uint64_t n_load, const uint32_t *in, ui
     s.edge();
   }
   set_bit(t.p_lvalid, false);
-  if (n_load) {
-    s.settle();
-    s.edge();
+  if (n_load) {  // `loaded` follows the last write (here one cycle later than in pysim)
+    for (int extra = 0; extra < 8 && (extra == 0 || !bit(t.p_loaded)); extra++) {
+      s.settle();
+      s.edge();
+    }
     if (!bit(t.p_loaded)) return 2;
   }
   stats[4] = s.cycle;
@@ -221,6 +225,10 @@ int ag_run(void *h, const uint8_t *load, uint64_t n_load, const uint32_t *in, ui
       if (last) img_in++;
     }
     if (itake || otake || ctake) last_progress = s.cycle;
+    if ((s.cycle & 4095) == 0 && cancel && *cancel) {
+      stats[0] = s.cycle;
+      return 5;
+    }
     if (s.cycle - last_progress > deadline) {
       stats[0] = s.cycle;
       stats[2] = n_out;
