@@ -1,12 +1,14 @@
 """Streaming-pipeline plans measured in simulation: MAC utilisation, cycles per image, FPS.
 
-    python benchmarks/pipeline.py [--images 3] [--out benchmarks/results/pipeline.md]
+    python benchmarks/pipeline.py [--images 4] [--engine cxxrtl|pysim]
+                                  [--out benchmarks/results/pipeline.md]
 
 For the default model (dscnn_fmnist, 8-bit) and the MLPerf Tiny KWS DS-CNN (quantized by
 accelgen; random calibration, its data set is not public), on iCEBreaker (UP5K) and ULX3S-85F:
 the slowest stage's cycles per image, the plan's (the coupled pipeline's,
 `accelgen.scheduler.flow`), and the *simulated* steady-state interval between images (the last
-two of `--images` sent back to back through Amaranth's simulator, bit-exact against golden),
+two of `--images` sent back to back through the compiled RTL or Amaranth's simulator, which
+give the same cycles, bit-exact against golden),
 the plan's error against it, the MAC utilisation measured from it (useful MACs per image /
 (multipliers x simulated cycles per image)) and the FPS at the plan's clock. Plans that do not
 fit are reported as such.
@@ -95,7 +97,7 @@ def seed002_sized_dscnn() -> Graph:
 
 
 def measure(name: str, graph: Graph, calib: np.ndarray, x: np.ndarray, board: str,
-            images: int, simulate_it: bool = True) -> str:
+            images: int, simulate_it: bool = True, engine: str = "cxxrtl") -> str:
     qg, _ = quantize(graph, calib, QuantConfig())
     dev = device(board)
     try:
@@ -110,21 +112,24 @@ def measure(name: str, graph: Graph, calib: np.ndarray, x: np.ndarray, board: st
     acc = Accelerator(p)
     x_ir = golden.quantize_inputs(qg, x[:images])[qg.inputs[0].tensor]
     t0 = time.perf_counter()
-    result = simulate(acc, x_ir, back_to_back=True)
+    result = simulate(acc, x_ir, back_to_back=True, backend=engine)
     wall = time.perf_counter() - t0
     exact = bool(np.array_equal(result.logits, golden.logits(qg, x[:images])))
     # the interval between the last two images (the first ones fill the pipeline)
     interval = float(result.cycles[-1]) if images > 1 else float(result.cycles[0])
     util = p.macs / (p.multipliers * interval)
     fps = p.clock_mhz * 1e6 / interval
-    return (f"{head} {interval:,.0f} ({'bit-exact' if exact else 'MISMATCH'}, {wall:.0f} s sim) "
+    check = "bit-exact" if exact else "MISMATCH"
+    return (f"{head} {interval:,.0f} ({check}, {engine} {wall:.0f} s) "
             f"| {100 * (p.ii_cycles / interval - 1):+.1f} % | {100 * util:.0f} % | {fps:,.0f} | "
             f"{p.clock_mhz:g} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--engine", choices=("cxxrtl", "pysim"), default="cxxrtl",
+                    help="the simulator (both give the same cycles; cxxrtl compiles first)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     header = ("| model | device | multipliers | slowest stage cycles | plan cycles/image "
@@ -134,7 +139,8 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for name, (graph, calib, x) in _models().items():
         for board in ("ice40", "ecp5"):
-            lines.append(measure(name, graph, calib, x, board, args.images))
+            lines.append(measure(name, graph, calib, x, board, args.images,
+                                 engine=args.engine))
             print(lines[-1], flush=True)
     seed = seed002_sized_dscnn()
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ def build_folder(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bringup")
     out = tmp / "out"
     code = main(["build", "--no-synth", "--model", str(_tiny_model(tmp / "t.onnx")), "--out",
-                 str(out), "--check-images", "1", "--baud", "4000000"])
+                 str(out), "--check-images", "1", "--baud", "2475000"])
     assert code == 0
     return out
 

@@ -719,6 +719,8 @@ def _does_not_fit(qg: QuantizedGraph, dev: Device, p: HardwarePlan | None,
                   fps: float | None) -> DoesNotFit:
     fill = LOGIC_FILL[dev.family]
     budget = replace(Resources.budget(dev), lut=math.floor(dev.luts * fill))
+    if p is not None:
+        budget = replace(p.placeable, lut=budget.lut)
     table = []
     if p is not None:
         table += [{"layer": s.layer, "kind": s.kind, **s.resources.as_dict()} for s in p.stages]
