@@ -782,6 +782,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("accelgen: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`accelgen estimate | head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -75,3 +75,17 @@ def test_run_npz_in_and_out(tmp_path: Path) -> None:
         assert out["r"].shape == (2, 3, 5, 5) and out["y"].shape == (2, 4)
     # no temporary files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.onnx", "x.npz", "y.npz"]
+
+
+def test_output_into_a_closed_pipe_is_quiet() -> None:
+    """`accelgen estimate | head -1` when the reader has already gone: no traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write of the child fails (EPIPE)
+    proc = subprocess.run([sys.executable, "-m", "accelgen", "estimate", "--board", "ecp5"],
+                          stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
