@@ -2,6 +2,7 @@
 the whole default model, and the full Fashion-MNIST test set through the compiled RTL.
 
     python benchmarks/simulation.py [--boards ice40 ecp5] [--images 20] [--test-set]
+                                    [--mlperf [--mlperf-inputs 100]]
                                     [--out benchmarks/results/simulation.md]
 
 For each board's plan: pysim runs one image (its cycles per second over that image's
@@ -9,7 +10,9 @@ simulation), the compiled backend `--images` images back to back (the C++ model'
 second, the compile time reported apart, and its outputs compared with golden). With
 `--test-set`, every Fashion-MNIST test image (Debian's dataset-fashion-mnist) goes through the
 compiled RTL of the first board's plan and is compared with the golden model image by image.
-Verilator is listed when installed; a harness for it is not written yet.
+With `--mlperf`, the MLPerf Tiny KWS DS-CNN and ResNet-8 (random calibration and inputs: their
+data sets are not shipped) through the compiled RTL where a board's plan fits them. Verilator
+is listed when installed; a harness for it is not written yet.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from accelgen.scheduler import plan
 from accelgen.sim import cxxrtl, pysim
 
 TEST_SET = Path("/usr/share/datasets/fashion-mnist")
+MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
 
 
 def fashion_test_set() -> tuple[np.ndarray, np.ndarray]:
@@ -54,11 +58,52 @@ def fashion_test_set() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def mlperf_rows(boards: list[str], n: int) -> list[str]:
+    """KWS and ResNet-8, quantized on random data, `n` random inputs through the compiled RTL
+    of each board's plan (where it fits), compared with the golden model."""
+    from accelgen.compress import QuantConfig, quantize
+    from accelgen.frontend import load_model
+    from accelgen.scheduler import DoesNotFit
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for name, file, scale in (("KWS DS-CNN", "kws_ref_model_float32_tf2onnx.onnx", 30.0),
+                              ("ResNet-8", "pretrainedResnet.onnx", 1.0)):
+        path = MLPERF / file
+        if not path.is_file():
+            rows.append(f"| {name} | | | {path} is missing | | | |")
+            continue
+        graph = load_model(path)
+        shape = tuple(graph.inputs[0].onnx_shape)
+        calib = (rng.uniform(-1, 1, (64, *shape)) * scale).astype(np.float32)
+        x = (rng.uniform(-1, 1, (n, *shape)) * scale).astype(np.float32)
+        qg, _ = quantize(graph, calib, QuantConfig())
+        for b in boards:
+            dev = find_board(b).device
+            try:
+                p = plan(qg, dev)
+            except DoesNotFit:
+                rows.append(f"| {name} | {b} ({dev.name}) | | does not fit | | | |")
+                continue
+            acc = Accelerator(p)
+            x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
+            r = cxxrtl.simulate(acc, x_ir, back_to_back=True)
+            want = golden.logits(qg, x)
+            exact = bool(np.array_equal(r.logits, want))
+            rows.append(f"| {name} | {b} ({dev.name}) | {n} | {'yes' if exact else 'NO'} | "
+                        f"{p.ii_cycles:,.0f} | {float(np.median(r.cycles[1:])):,.0f} | "
+                        f"{r.total_cycles / r.run_seconds:,.0f} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--boards", nargs="+", default=["ice40", "ecp5"])
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--test-set", action="store_true")
+    ap.add_argument("--mlperf", action="store_true",
+                    help="also the MLPerf Tiny KWS DS-CNN and ResNet-8 (../shared/models)")
+    ap.add_argument("--mlperf-inputs", type=int, default=100)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -110,6 +155,15 @@ def main() -> None:
                        f"RTL of the {args.boards[0]} plan: exit {rc}, {wall:,.0f} s wall (see "
                        f"the evaluate line above for accuracy and the golden comparison)")]
         print(lines[-1])
+    if args.mlperf:
+        lines += ["", ("MLPerf Tiny models (quantized by accelgen, random calibration and "
+                       "inputs) through the compiled RTL, compared with golden:"), "",
+                  ("| model | board (device) | inputs | bit-exact | cycles/image (plan) | "
+                   "simulated interval | compiled cycles/s |"),
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+        for row in mlperf_rows(args.boards, args.mlperf_inputs):
+            lines.append(row)
+            print(row, flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -121,3 +121,27 @@ def test_inspect_cli_reports_layer_counts() -> None:
                            capture_output=True, text=True, check=True).stdout
     assert "total: 57 layers (27 Conv2d, 1 Dense, 1 GlobalAvgPool, 27 Relu, 1 Softmax)" in table
     assert "int8 per-channel (qdq)" in table
+
+
+def test_resnet8_pipeline_plan_on_ecp5_flows() -> None:
+    """ResNet-8's downsampling blocks: the skip-path FIFO is sized in the beats of the tensor's
+    producer, where it sits (sized in the wider consumer's beats it held a quarter of the rows
+    the main path reads first, and the coupled pipeline deadlocked)."""
+    from accelgen.compress import QuantConfig, quantize
+    from accelgen.devices import device
+    from accelgen.scheduler import plan
+    from accelgen.scheduler.flow import pipeline_flow
+
+    graph = load_model(MLPERF / "pretrainedResnet.onnx")
+    rng = np.random.default_rng(0)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32),
+                     QuantConfig())
+    p = plan(qg, device("ecp5"))
+    assert p.fits
+    lanes_out = {s.layer: s.lanes_out for s in p.stages}
+    for (tensor, _user), depth in p.fifo_depths.items():
+        t = qg.tensors[tensor]
+        producer = qg.producer(tensor)
+        lanes = lanes_out[producer.name] if producer is not None else p.input_lanes
+        assert depth * lanes >= 3 * t.shape[1] * t.shape[2]  # rows of the tensor, not beats
+    assert pipeline_flow(p).interval == p.ii_cycles

@@ -499,13 +499,17 @@ def _rows_needed(layer: QLayer, qg: QuantizedGraph, out_rows: int) -> int:
     return min(h, out_rows)
 
 
-def fifo_depths(qg: QuantizedGraph, lanes_in: dict[str, int]) -> dict[tuple[str, str], int]:
+def fifo_depths(qg: QuantizedGraph, lanes_out: dict[str, int], input_lanes: int
+                ) -> dict[tuple[str, str], int]:
     """FIFOs for tensors read by several branches (see the module docstring).
 
     Each branch is followed through single-input, single-reader layers to where it ends (a
     join such as a residual add, or another fan-out); its *prefix* is the number of rows of the
     fanned-out tensor it must read before it delivers its first row there. A branch with a
-    shorter prefix than the longest gets a FIFO of the difference plus two rows.
+    shorter prefix than the longest gets a FIFO of the difference plus two rows, in beats of
+    the tensor's producer (`lanes_out`; `input_lanes` for the graph input): the FIFO sits
+    before the branch's width converter (ResNet-8 on the ECP5-85F deadlocked when it was sized
+    in the consumer's wider beats).
     """
     consumers: dict[str, list[QLayer]] = {}
     for layer in qg.layers:
@@ -534,7 +538,8 @@ def fifo_depths(qg: QuantizedGraph, lanes_in: dict[str, int]) -> dict[tuple[str,
         for user, prefix in zip(users, prefixes, strict=True):
             if prefix == longest and prefix > 0:
                 continue
-            lanes = max(1, lanes_in.get(user.name, 1))
+            producer = qg.producer(tensor)
+            lanes = max(1, lanes_out[producer.name] if producer is not None else input_lanes)
             row_beats = t.shape[1] * t.shape[2] // lanes
             depths[(tensor, user.name)] = max(4, (longest - prefix + 2) * row_beats)
     return depths
@@ -610,8 +615,7 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
         chosen = [_slacked(dev, la, qg, o, slack.get(la.name, 0))
                   for la, o in zip(layers, chosen, strict=True)]
         stages = _assemble(dev, layers, chosen, qg)
-        lanes_in = {s.layer: s.lanes_in for s in stages}
-        depths = fifo_depths(qg, lanes_in)
+        depths = fifo_depths(qg, {s.layer: s.lanes_out for s in stages}, stages[0].lanes_in)
         if stall:
             depths = _stall_fifos(qg, stages, depths)
         glue = _glue(dev, qg, stages, depths)
