@@ -190,14 +190,15 @@ def test_dsp_block_shared_by_two_stages_bit_exact(residual_net: tuple) -> None:
 
 
 def test_scheduler_pairs_odd_products_into_shared_blocks() -> None:
-    """The default model on the UP5K: 16 8-bit products fill the 8 DSP blocks exactly, the
-    depthwise and dense stages' single products paired two to a block."""
+    """The default model on the UP5K: every 8-bit product on a DSP block, two to a block (the
+    single products of depthwise and dense stages paired into shared blocks), no block half
+    empty."""
     from accelgen.cli import quantized_for
 
     p = plan(quantized_for(None), device("ice40"))
-    assert p.multipliers == 16 and p.resources.dsp == 8
     on_dsp = sum(2 * s.dsp_blocks + (s.shared_dsp >= 0) for s in p.stages)
-    assert on_dsp == 16
+    assert on_dsp == p.multipliers and p.multipliers % 2 == 0
+    assert p.resources.dsp == p.multipliers // 2 <= 8
     blocks: dict[int, int] = {}
     for s in p.stages:
         if s.shared_dsp >= 0:
