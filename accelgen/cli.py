@@ -390,7 +390,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from accelgen import evaluate
-    from accelgen.data import load_npz
     from accelgen.frontend import load_model
 
     target = Path(args.model) if args.model else None
@@ -403,9 +402,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if engine != "golden":
             raise UsageError(f"a shape description runs on --engine golden, pysim or cxxrtl, "
                              f"not {engine!r}")
-        shape = qg.inputs[0].onnx_shape
-        data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
-            None, "eval", qg)
+        data = _evaluation_data(args, qg.inputs[0].onnx_shape, None, qg)
         scores = lambda x: evaluate.golden_scores(qg, x)  # noqa: E731
     else:
         model_path = resolve_model(args.model)
@@ -414,15 +411,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--engine {engine} needs a shape description: run `accelgen compress` first"
             )
         graph = load_model(model_path)
-        shape = graph.inputs[0].onnx_shape
-        data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
-            model_path, "eval")
+        data = _evaluation_data(args, graph.inputs[0].onnx_shape, model_path)
         scores = lambda x: evaluate.float_scores(graph, x)  # noqa: E731
-    if data is None:
-        raise UsageError("this model has no shipped evaluation data: pass --data FILE.npz")
-    if data.y is None:
-        raise UsageError(f"{data.source!r} has no labels 'y'; accuracy needs them")
-    data = data.limit(args.limit)
     result = evaluate.accuracy(scores, data, engine)
     doc = {**result.as_dict(), "data": data.source}
     if args.json:
@@ -433,25 +423,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_data(args: argparse.Namespace, shape, model_path: Path | None, qg=None):
+    """``--data`` or the model's shipped evaluation subset, with labels, ``--limit``-ed."""
+    from accelgen.data import load_npz
+
+    data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
+        model_path, "eval", qg)
+    if data is None:
+        raise UsageError("this model has no shipped evaluation data: pass --data FILE.npz")
+    if data.y is None:
+        raise UsageError(f"{data.source!r} has no labels 'y'; accuracy needs them")
+    return data.limit(args.limit)
+
+
 def _evaluate_hardware(args: argparse.Namespace, engine: str) -> int:
     """The generated design's accuracy over the evaluation data, simulated image by image and
     compared with the golden model's (they must be equal), and its cycles per image."""
     from accelgen import golden
     from accelgen.accelerator import Accelerator
-    from accelgen.data import load_npz
     from accelgen.devices import device
     from accelgen.scheduler import plan
     from accelgen.sim import SimulationError, simulate
 
     qg = load_accel(args.model)
-    shape = qg.inputs[0].onnx_shape
-    data = load_npz(args.data, shape, need_labels=True) if args.data else default_data(
-        None, "eval", qg)
-    if data is None:
-        raise UsageError("this model has no shipped evaluation data: pass --data FILE.npz")
-    if data.y is None:
-        raise UsageError(f"{data.source!r} has no labels 'y'; accuracy needs them")
-    data = data.limit(args.limit)
+    data = _evaluation_data(args, qg.inputs[0].onnx_shape, None, qg)
     p = plan(qg, device(args.board))
     acc = Accelerator(p)
     # the compiled model runs one image stream per core (ctypes lets go of the GIL), pysim one
