@@ -114,3 +114,22 @@ def test_evaluate_compiled_equals_golden_on_the_shipped_subset(tmp_path) -> None
     cyc = hw["cycles_per_image"]
     assert cyc["min"] <= cyc["median"] <= cyc["max"]
     assert abs(cyc["median"] - hw["plan_cycles_per_image"]) <= 0.05 * hw["plan_cycles_per_image"]
+
+
+def test_cli_without_a_compiler_is_one_line_and_exit_2(tmp_path) -> None:
+    """`accelgen run --engine cxxrtl` on a machine with no C++ compiler: one line naming what to
+    install, exit code 2, no traceback, no output file."""
+    import os
+
+    accel = tmp_path / "d.accel"
+    assert _cli("compress", "--out", str(accel)).returncode == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 1, 28, 28), np.float32))
+    env = {**os.environ, "CXX": "", "PATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "accelgen", "run", str(accel), "--engine",
+                        "cxxrtl", "--board", "ecp5", "--inputs", str(x), "-o",
+                        str(tmp_path / "y.npy")], capture_output=True, text=True, env=env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install g++" in lines[0], r.stderr
+    assert not (tmp_path / "y.npy").exists()
