@@ -364,7 +364,7 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
                  "note": "computed from the frame sizes and the simulated latency"},
         "resources": (result.best.resources if result else
                       dict(s["resources"])),
-        "resources_planned": s["resources"],
+        "resources_planned": planned_resources(p, s),
         "self_check": check,
         "tool_versions": result.tool_versions if result else {},
         "build_cached": result.cached if result else False,
@@ -372,6 +372,15 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
         "seconds": time.monotonic() - t_start,
     }
     return report
+
+
+def planned_resources(p, s: dict) -> dict:
+    """The plan's resources in the units of nextpnr's report: on Gowin the DSP count is of
+    multiplier cells (MULT9X9, two per DSP block), not of blocks."""
+    planned = dict(s["resources"])
+    if p.device.family == "gowin":
+        planned["dsp"] = {"used": p.dsp_products, "available": 2 * p.device.dsp_blocks}
+    return planned
 
 
 def summary_lines(r: dict) -> list[str]:

@@ -22,9 +22,7 @@ from accelgen.build import hermetic_env, synthesized_logic, tool_argv, yosys_cel
 from accelgen.compress import quantize
 from accelgen.devices import device
 from accelgen.frontend import load_model
-from accelgen.quantized import QConv, QDense
 from accelgen.scheduler import plan
-from accelgen.scheduler.plan import HardwarePlan
 from tests.onnx_helpers import FLOAT, make_model
 
 
@@ -122,17 +120,6 @@ def _synth(acc: Accelerator, family: str, workdir: Path) -> dict[str, int]:
             "bram": count(cells["bram"]), "dsp": count(cells["dsp"])}
 
 
-def _dsp_products(p: HardwarePlan) -> int:
-    """Products the plan computes on DSP blocks (one multiplier cell each)."""
-    total = 0
-    for s in p.stages:
-        layer = p.qgraph.layer(s.layer)
-        if isinstance(layer, (QConv, QDense)):
-            x = p.qgraph.tensors[layer.inputs[0]]
-            total += min(s.multipliers, s.dsp_blocks * p.device.dsp_products(x.bits, layer.w_bits))
-    return total
-
-
 @pytest.mark.parametrize("family", ["ecp5", "gowin"])
 def test_logic_model_within_15_percent_of_synthesis(family: str, tmp_path: Path) -> None:
     """The ECP5 and Gowin models (`MODELS`, fitted per family) against their own flows."""
@@ -143,4 +130,4 @@ def test_logic_model_within_15_percent_of_synthesis(family: str, tmp_path: Path)
     assert abs(model.lut - got["lut"]) <= 0.15 * got["lut"], (model, got)
     assert abs(model.ff - got["ff"]) <= 0.15 * got["ff"], (model, got)
     # block memories and DSP multipliers are counted exactly
-    assert (model.bram, _dsp_products(p)) == (got["bram"], got["dsp"]), (model, got)
+    assert (model.bram, p.dsp_products) == (got["bram"], got["dsp"]), (model, got)

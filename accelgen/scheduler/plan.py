@@ -13,18 +13,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from accelgen.devices import Device
-from accelgen.quantized import QuantizedGraph
+from accelgen.quantized import QConv, QDense, QuantizedGraph
 
 RESOURCE_KINDS = ("lut", "ff", "bram", "spram", "dsp")
 
-LOGIC_FILL = {"ice40": 0.93, "ecp5": 0.92, "gowin": 0.8}
+LOGIC_FILL = {"ice40": 0.93, "ecp5": 0.92, "gowin": 0.9}
 """Share of a device's LUTs a plan may fill: the placer needs room, and the router more. On
 the UP5K the default model placed and routed at 5,097 of 5,280 logic cells (96.5 %) and could
 not be placed at 5,280; a plan at 96 % (5,067 estimated) packed into 5,386 cells and could not
 be placed, one at 93 % (4,909) packed into 5,186 (98 %) and placed and routed. On the
-GW1NR-9 a plan at 7,884 (91 %) synthesized to 8,253 LUT positions (8,564 LUT4 once packed,
-99 %) and nextpnr-himbaechel placed it for over 15 minutes without end: the Gowin model
-underestimates by about 5 % and its placer wants room (`accelgen.build.PLACEABLE`)."""
+GW1NR-9 (estimates in nextpnr's LUT4 + ALU, pass-through LUTs included) the default model
+placed and routed at 7,596 (88 %; 7,458 estimated); a plan that packed into 8,564 (99 %) kept
+nextpnr-himbaechel placing for over 15 minutes without end (`accelgen.build.PLACEABLE`)."""
 
 DSP_FREE = {"ice40": 0, "ecp5": 0, "gowin": 1}
 """DSP blocks a plan leaves unused. nextpnr-himbaechel's analytic placer did not finish (over
@@ -177,6 +177,19 @@ class HardwarePlan:
     @property
     def multipliers(self) -> int:
         return sum(s.multipliers for s in self.stages)
+
+    @property
+    def dsp_products(self) -> int:
+        """Products computed on DSP blocks: the multiplier cells a Gowin netlist has (one
+        MULT9X9 or MULT18X18 each; nextpnr counts those, not blocks)."""
+        total = 0
+        for s in self.stages:
+            layer = self.qgraph.layer(s.layer)
+            if s.dsp_blocks and isinstance(layer, (QConv, QDense)):
+                x = self.qgraph.tensors[layer.inputs[0]]
+                per_block = self.device.dsp_products(x.bits, layer.w_bits)
+                total += min(s.multipliers, s.dsp_blocks * per_block)
+        return total
 
     @property
     def macs(self) -> int:
