@@ -94,11 +94,12 @@ def build_stage(layer: QLayer, qg: QuantizedGraph, sp: StagePlan,
                          dsp_products=min(sp.multipliers, sp.dsp_blocks * per_block),
                          shared_product=sp.shared_dsp >= 0,
                          family=None if device is None else device.family,
-                         compact=sp.compact_ring, slack_rows=sp.slack_rows)
+                         compact=sp.compact_ring, slack_rows=sp.slack_rows,
+                         partial=sp.partial_release)
     if isinstance(layer, (QMaxPool, QAvgPool)):
         return PoolLayer(layer, t[layer.inputs[0]], t[layer.output], lanes=sp.lanes_in,
                          ring_style=sp.style(sp.ring_memory), compact=sp.compact_ring,
-                         slack_rows=sp.slack_rows)
+                         slack_rows=sp.slack_rows, partial=sp.partial_release)
     if isinstance(layer, (QGlobalAvgPool, QGlobalMaxPool)):
         mode = "avg" if isinstance(layer, QGlobalAvgPool) else "max"
         return GlobalPoolStage(mode=mode, fmt=fmt_of(t[layer.inputs[0]], sp.lanes_in),

@@ -12,10 +12,12 @@ from accelgen.scheduler.flow import Deadlock, StageFlow, simulate_flow, window_u
 
 
 def _window_stage(name: str, producer: str, g: WindowGeometry, row_cycles: float,
-                  fifo: int = 0) -> StageFlow:
-    """A windowed stage as `plan_flow` builds it: one unit per output pixel."""
+                  fifo: int = 0, partial: bool = False) -> StageFlow:
+    """A windowed stage as `plan_flow` builds it (one unit per output pixel), its oldest row
+    freed row by row, or pixel by pixel (`partial`, as the hardware does)."""
     return StageFlow(name, ((producer, fifo),), g.fmt.width, g.fmt.height,
-                     window_units(g, row_cycles), g.ring_rows)
+                     window_units(g, row_cycles), g.ring_rows,
+                     partial=(g.padding[1], g.stride[1], g.out_hw[1]) if partial else None)
 
 
 def _conv3(h: int, w: int, slack: int = 0, stride: int = 1) -> WindowGeometry:
@@ -35,26 +37,31 @@ def test_one_stage_behind_a_fast_source_runs_at_its_own_rate() -> None:
 
 def test_compact_consumer_stalls_its_producer_until_given_rows() -> None:
     """A stride-2 consumer with a compact line buffer (only its window's 3 rows) is fast
-    alone (456 cycles an image, its producer 640), but coupled its producer cannot write the
-    next rows while it reads: the chain takes 960 cycles an image. A row of slack gives 700,
-    two (a full ring) the producer's 640."""
+    alone (456 cycles an image, 436 freeing its oldest row column by column; its producer
+    640), but coupled its producer cannot write the next rows while it reads. Freed row by
+    row, the chain takes 960 cycles an image; a row of slack gives 700, two (a full ring) the
+    producer's 640. Freed column by column (`partial`), the producer writes the first of the
+    two rows an output row releases behind its windows: 790, and one row of slack is
+    enough."""
     h = w = 8
 
-    def consumer(slack: int) -> WindowGeometry:
+    def consumer(slack: int, partial: bool = False) -> WindowGeometry:
         return WindowGeometry(Format(h, w, 1, 8, False, 1), (3, 3), (2, 2), (1, 1, 1, 1),
-                              compact=True, slack_rows=slack)
+                              compact=True, slack_rows=slack, partial=partial)
 
     assert consumer(0).steady_cycles(100.0, 8.0) == 456.0
+    assert consumer(0, partial=True).steady_cycles(100.0, 8.0) == 436.0
 
-    def chain(slack: int) -> float:
-        a = _window_stage("a", "", _conv3(h, w), 80.0)
-        b = _window_stage("b", "a", consumer(slack), 100.0)
+    def chain(slack: int, partial: bool) -> float:
+        a = _window_stage("a", "", _conv3(h, w), 80.0, partial=partial)
+        b = _window_stage("b", "a", consumer(slack, partial), 100.0, partial=partial)
         flow = simulate_flow([a, b], 10.0, 1, h * w, images=6)
         if flow.interval > 640.0:  # the producer waited for room in the consumer
             assert flow.waits["b"] > 0
         return flow.interval
 
-    assert [chain(0), chain(1), chain(2)] == [960.0, 700.0, 640.0]
+    assert [chain(0, False), chain(1, False), chain(2, False)] == [960.0, 700.0, 640.0]
+    assert [chain(0, True), chain(1, True), chain(2, True)] == [790.0, 640.0, 640.0]
 
 
 def test_balanced_chain_of_full_rings_runs_at_its_stages_rate() -> None:

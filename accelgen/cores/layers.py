@@ -27,21 +27,23 @@ def fmt_of(t: QTensor, lanes: int) -> Format:
 
 
 def conv_geometry(layer: QConv | QDense, x: QTensor, lanes: int,
-                  compact: bool = False, slack_rows: int = 0) -> WindowGeometry:
+                  compact: bool = False, slack_rows: int = 0,
+                  partial: bool = False) -> WindowGeometry:
     """The window a layer reads. A pointwise convolution (1x1, stride 1, no padding) reads the
     image as H*W rows of one pixel — the same raster order — so its line buffer holds two
     pixels instead of two rows."""
     fmt = fmt_of(x, lanes)
     if isinstance(layer, QDense):
         return WindowGeometry(fmt, (fmt.height, fmt.width), (1, 1), (0, 0, 0, 0), False, compact,
-                              slack_rows)
+                              slack_rows, partial)
     if layer.dilation != (1, 1):
         raise ShapeError(f"{layer.name!r}: dilated convolutions are not supported by the pipeline")
     if layer.kernel == (1, 1) and layer.stride == (1, 1) and not any(layer.padding):
         flat = Format(fmt.height * fmt.width, 1, fmt.channels, fmt.bits, fmt.signed, lanes)
-        return WindowGeometry(flat, (1, 1), (1, 1), (0, 0, 0, 0), False, compact, slack_rows)
+        return WindowGeometry(flat, (1, 1), (1, 1), (0, 0, 0, 0), False, compact, slack_rows,
+                              partial)
     return WindowGeometry(fmt, layer.kernel, layer.stride, layer.padding, False, compact,
-                          slack_rows)
+                          slack_rows, partial)
 
 
 def conv_weight(layer: QConv | QDense, x: QTensor) -> np.ndarray:
@@ -71,7 +73,7 @@ class ConvLayer(wiring.Component):
                  param_style: str = "logic",
                  dsp_products: int = 0, shared_product: bool = False,
                  family: str | None = None, compact: bool = False,
-                 slack_rows: int = 0) -> None:
+                 slack_rows: int = 0, partial: bool = False) -> None:
         self.layer = layer
         self.mode = conv_mode(layer, x)
         c_out = layer.weight.shape[0]
@@ -90,7 +92,7 @@ class ConvLayer(wiring.Component):
         if x.shape[2] % lanes:
             raise ShapeError(f"{layer.name!r}: {lanes} input lanes do not divide {x.shape[2]} "
                              f"channels")
-        self.geometry = conv_geometry(layer, x, lanes, compact, slack_rows)
+        self.geometry = conv_geometry(layer, x, lanes, compact, slack_rows, partial)
         self.in_fmt = fmt_of(x, lanes)
         self.out_fmt = fmt_of(y, ol)
         oh, ow = self.geometry.out_hw
@@ -145,13 +147,13 @@ class PoolLayer(wiring.Component):
 
     def __init__(self, layer: QMaxPool | QAvgPool, x: QTensor, y: QTensor, *, lanes: int,
                  ring_style: str = "block", compact: bool = False,
-                 slack_rows: int = 0) -> None:
+                 slack_rows: int = 0, partial: bool = False) -> None:
         if layer.dilation != (1, 1):
             raise ShapeError(f"{layer.name!r}: dilated pooling is not supported by the pipeline")
         self.layer = layer
         self.in_fmt = fmt_of(x, lanes)
         self.geometry = WindowGeometry(self.in_fmt, layer.kernel, layer.stride, layer.padding,
-                                       layer.ceil_mode, compact, slack_rows)
+                                       layer.ceil_mode, compact, slack_rows, partial)
         if self.geometry.out_hw != y.shape[:2]:
             raise ShapeError(f"{layer.name!r}: window gives {self.geometry.out_hw}, tensor is "
                              f"{y.shape}")

@@ -15,22 +15,30 @@ Two tap orders:
 
 ``last`` is set on the final beat of an image.
 
-Flow control works on whole rows, so no tap can be read before it is written or overwritten
-before it is read: the writer may write row ``g`` once fewer than ``R`` rows are held; the
-reader starts output row ``oy`` once every input row it needs has been written, and releases
-the rows the next output row no longer needs once their last tap has been read. With
-``R = kh + sh`` the writer fills the next rows while the reader works, so neither side waits
-in steady state.
+Flow control works on whole rows (and with ``partial`` on the columns of the oldest row), so
+no tap can be read before it is written or overwritten before it is read: the writer may write
+row ``g`` once fewer than ``R`` rows are held; the reader starts output row ``oy`` once every
+input row it needs has been written, and releases the rows the next output row no longer needs
+once their last tap has been read. With ``R = kh + sh`` the writer fills the next rows while
+the reader works, so neither side waits in steady state. With ``partial`` and the ring full,
+the writer may also write the next row over the oldest row's columns that the output row being
+read no longer needs (left of its next window, counted as each output position's last tap is
+read), if that output row releases the oldest row: a *compact* ring (``R = kh``) then waits
+only for the last window's columns at the end of each output row, not for the whole row. It
+costs a counter and a comparison; the scheduler asks for it where producers wait and no row
+can be added.
 
 Hardware: two small counters, offset so that each flag is a sign bit, follow the rows the
-writer may still write and the rows the reader still lacks (`ready` and the reader's issue
-are register bits); the reader computes each tap's address and flags into a pipeline register,
-then reads the ring into the output register (the block RAM's own read register, its
-read-during-write logic dropped: ``no_rw_check``); both stages move together when the output
-is free or being taken, so no output FIFO is needed.
+writer may still write and the rows the reader still lacks (the reader's issue is a register
+bit; the writer's `ready` adds a comparison of its column with the oldest row's freed words);
+the reader computes each tap's address and flags into a pipeline register, then reads the
+ring into the output register (the block RAM's own read register, its read-during-write logic
+dropped: ``no_rw_check``); both stages move together when the output is free or being taken,
+so no output FIFO is needed.
 
 Cycle model (`expected_cycles`): one window beat per cycle while the consumer takes them, plus
-`ROW_OVERHEAD` (none) cycles per output row; the writer takes one input beat per cycle.
+`ROW_OVERHEAD` (none) cycles per output row; the writer takes one input beat per cycle
+(`WindowGeometry.steady_cycles`, an event model of both sides' rows).
 """
 
 from __future__ import annotations
@@ -75,6 +83,10 @@ class WindowGeometry:
     slack_rows: int = 0
     """Rows held beyond those (the scheduler adds them where the coupled pipeline needs room
     for a producer to run ahead: `accelgen.scheduler.flow`)."""
+    partial: bool = False
+    """Free the oldest row column by column (the writer goes on over the columns the current
+    output row no longer needs while the ring is full): a compact ring then flows almost as a
+    full one, for a counter and a comparison (the scheduler adds it where producers wait)."""
 
     def __post_init__(self) -> None:
         if self.slack_rows < 0:
@@ -123,14 +135,22 @@ class WindowGeometry:
         return read if pixel_cycles is None else max(read, ow * pixel_cycles)
 
     def steady_cycles(self, row_read: float, row_write: float, images: int = 4) -> float:
-        """Steady-state cycles per image of the row protocol (an event model, exact at row
-        granularity): the reader spends `row_read` cycles per output row, the writer
-        `row_write` per input row."""
+        """Steady-state cycles per image of the row protocol (an event model): the reader
+        spends `row_read` cycles per output row, the writer `row_write` per input row. The
+        writer writes a row into the oldest row's slot once that row is released, or, with
+        `partial` and where the output row releasing it releases it first, while that output
+        row is read: then it finishes the row's last words, those the last window still
+        reads, after the output row ends."""
         h, r = self.fmt.height, self.ring_rows
+        ow, sw, pl = self.out_hw[1], self.stride[1], self.padding[1]
+        rw = self.row_words
+        tail = rw - min(max(((ow - 1) * sw - pl) * self.fmt.beats_per_pixel, 0), rw)
         needs = self.row_needs()
         write_end: list[float] = []  # completion time of each global input row
-        releases: list[tuple[float, int]] = []  # (time, rows freed so far), in time order
-        freed_counts: list[int] = []  # the rows-freed column of `releases` (non-decreasing)
+        starts: list[float] = []  # per output row (global): when the reader started it
+        ends: list[float] = []  # ... when it ended (and released its rows)
+        kept_before: list[int] = []  # ... global input rows released before it
+        kept_after: list[int] = []  # ... and after it (non-decreasing)
         writer_free = 0.0
         reader = 0.0
         image_end = []
@@ -139,20 +159,28 @@ class WindowGeometry:
             nonlocal writer_free
             while len(write_end) < rows:
                 g = len(write_end)
-                start = writer_free
+                start, end_at_least = writer_free, 0.0
                 if g - r >= 0:  # row g needs row g - r released
-                    release = releases[bisect.bisect_right(freed_counts, g - r)][0]
-                    start = max(start, release)
-                writer_free = start + row_write
+                    k = bisect.bisect_right(kept_after, g - r)
+                    if self.partial and kept_before[k] == g - r:  # output row k frees it first
+                        start = max(start, starts[k])
+                        end_at_least = ends[k] + tail
+                    else:
+                        start = max(start, ends[k])
+                writer_free = max(start + row_write, end_at_least)
                 write_end.append(writer_free)
 
+        kept = 0
         for img in range(images):
             for oy, (need, keep_from) in enumerate(needs):
                 write_until(img * h + need)
                 ready = write_end[img * h + need - 1] if need else 0.0
-                reader = max(reader, ready) + row_read
-                releases.append((reader, img * h + keep_from))
-                freed_counts.append(img * h + keep_from)
+                starts.append(max(reader, ready))
+                reader = starts[-1] + row_read
+                ends.append(reader)
+                kept_before.append(kept)
+                kept = img * h + keep_from
+                kept_after.append(kept)
                 if oy == len(needs) - 1:
                     image_end.append(reader)
         return image_end[-1] - image_end[-2]
@@ -255,12 +283,23 @@ class SlidingWindow(wiring.Component):
 
         # (both kept offset so that the flag is the sign bit: `held - R`, `deficit - 1`)
         span = H + R + 2
-        held = Signal(range(-span - R, span + 1), init=-R)
+        held = Signal(range(-span - R, span + 1 + g.partial), init=-R)
         deficit = Signal(range(-span - 1, 2 * span + 1), init=need(y_first) - 1)
         can_write = Signal()
         rows_ok = Signal()
-        m.d.comb += [can_write.eq(held.as_unsigned()[-1]),
-                     rows_ok.eq(deficit.as_unsigned()[-1])]
+        # (`partial`) the oldest row, freed column by column: while the ring is full (`held`
+        # = R), the writer may write the next row over the words of the oldest row that the
+        # output row being read no longer needs, once that output row releases rows at all
+        # (`rel_ok`): ``freed_words``, those left of the next window, counted as its reads
+        # complete
+        if g.partial:
+            freed_words = Signal(range(-pl * CL - 1, (OW * sw + 1) * CL + 1), init=-pl * CL)
+            rel_ok = Signal()
+        if g.partial:
+            m.d.comb += rows_ok.eq(deficit.as_unsigned()[-1])
+        else:
+            m.d.comb += [can_write.eq(held.as_unsigned()[-1]),
+                         rows_ok.eq(deficit.as_unsigned()[-1])]
 
         # ---- writer: input beats into the ring, whole rows at a time ----------------------
         waddr = _register(m, "waddr", 0, g.words - 1)
@@ -277,6 +316,9 @@ class SlidingWindow(wiring.Component):
             _wrap_inc(m, waddr, g.words)
             _wrap_inc(m, wbeat, RW)
         row_written = write & (wbeat == RW - 1)
+        if g.partial:
+            m.d.comb += can_write.eq(held.as_unsigned()[-1]
+                                     | ((held == 0) & rel_ok & (wbeat < freed_words)))
 
         # ---- reader: output positions x taps, one window beat per cycle ---------------------
         y = y_lo + ky
@@ -344,6 +386,7 @@ class SlidingWindow(wiring.Component):
         # the rows a finished output row releases, applied once its last tap has been read
         s1_release = Signal(range(max(sh, image_release) + 1))
         s1_row_end = Signal()
+        s1_pixel_end = Signal() if g.partial else None
         advance = Signal()
         issue = Signal()
         m.d.comb += [
@@ -372,6 +415,8 @@ class SlidingWindow(wiring.Component):
                 s1_row_end.eq(end_of_row),
                 s1_release.eq(Mux(last_oy, image_release, release)),
             ]
+            if g.partial:
+                m.d.sync += s1_pixel_end.eq(end_of_pixel)
             if self.order == "dense":
                 _nest(m, [(cf, CL), (kx, kw), (ky, kh), (rep, self.repeats)])
                 steps = [(end_of_row, None), (end_of_pixel, sw * CL - (kw * CL - 1)),
@@ -401,6 +446,13 @@ class SlidingWindow(wiring.Component):
         # row accounting: rows written; rows needed as an output row ends (a new image: the
         # reader's row 0 moves H rows on), rows released once that row's taps are all read
         read_row_end = advance & s1_valid & s1_row_end
+        if g.partial:
+            with m.If(advance & s1_valid):
+                m.d.sync += rel_ok.eq(s1_release != 0)
+                with m.If(s1_row_end):
+                    m.d.sync += freed_words.eq(-pl * CL)
+                with m.Elif(s1_pixel_end):
+                    m.d.sync += freed_words.eq(freed_words + sw * CL)
         m.d.sync += [
             held.eq(held + row_written - Mux(read_row_end, s1_release, 0)),
             deficit.eq(deficit - row_written

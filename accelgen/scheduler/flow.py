@@ -18,7 +18,9 @@ pipeline, row by row, without simulating the hardware:
   last row of an image);
 * a producer may emit a pixel only when every consumer has room for it: the row holding it,
   less the beats of the FIFO on the edge, must be within the consumer's ring (``ring_rows``
-  rows; a streaming stage holds one).
+  rows; a streaming stage holds one), or, in a windowed stage's oldest row, left of the
+  windows its current output row has finished (`SlidingWindow` frees that row pixel by
+  pixel).
 
 Times are exact at this granularity (rows, and pixels spread evenly across a row); the
 pipeline's beat-level effects (a MAC stage's output bursts, width converters) are not in it,
@@ -55,6 +57,12 @@ class StageFlow:
     first_out: float = 0.0
     """How far into a row its first output beat leaves (0..1): a MAC stage sends a pixel's
     outputs fold by fold, so its first beat needs room in the consumer only after one fold."""
+    partial: tuple[int, int, int] | None = None
+    """A windowed stage whose line buffer frees its oldest row pixel by pixel: (left padding,
+    column stride, output pixels per row). While the ring is full, the producer may write the
+    row after it over the columns the current output row's finished windows no longer need
+    (``x < (ox + 1) * sw - pl`` once output pixel ``ox`` is done), if that output row releases
+    the oldest row first."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,13 @@ def simulate_flow(stages: list[StageFlow], source_row_cycles: float, source_w: i
                 if rows <= 0:
                     continue
                 u = release_unit[c][rows]
+                part = everything[c].partial
+                if part is not None:  # the oldest row, freed pixel by pixel?
+                    pl, sw, ow = part
+                    first = u - (ow - 1)  # the releasing output row's first pixel
+                    if first >= 0 and keep_g[c][first] == rows - 1:
+                        x = (pixel - fifo) % w
+                        u = first + min(ow - 1, max(0, (x + pl) // sw))
                 if u >= len(finish[c]):
                     return False
                 when = finish[c][u]
@@ -265,19 +280,23 @@ def plan_flow(p) -> tuple[list[StageFlow], tuple[float, int, int]]:
             flows.append(StageFlow(layer.name, tuple(inputs), 1, n, tuple(units), 1, True))
             continue
         if isinstance(layer, (QConv, QDense)):
-            g = conv_geometry(layer, x, sp.lanes_in, sp.compact_ring, sp.slack_rows)
+            g = conv_geometry(layer, x, sp.lanes_in, sp.compact_ring, sp.slack_rows,
+                              sp.partial_release)
             per_pixel, repeats, folds = mac_pixel_cycles(layer, x, sp.pe, sp.simd,
                                                          sp.lanes_out)
             row = g.row_read_cycles(per_pixel, repeats)
         elif isinstance(layer, (QMaxPool, QAvgPool)):
             g = WindowGeometry(fmt_of(x, sp.lanes_in), layer.kernel, layer.stride,
-                               layer.padding, layer.ceil_mode, sp.compact_ring, sp.slack_rows)
+                               layer.padding, layer.ceil_mode, sp.compact_ring, sp.slack_rows,
+                               sp.partial_release)
             row = g.row_read_cycles()
             folds = g.fmt.beats_per_pixel  # a channel group's window, then its output
         else:
             raise TypeError(f"no flow model for {type(layer).__name__}")
         flows.append(StageFlow(layer.name, tuple(inputs), g.fmt.width, g.fmt.height,
-                               window_units(g, row), g.ring_rows, first_out=1 / folds))
+                               window_units(g, row), g.ring_rows, first_out=1 / folds,
+                               partial=((g.padding[1], g.stride[1], g.out_hw[1])
+                                        if g.partial else None)))
     x = qg.tensors[qg.inputs[0].tensor]
     h, w, c = x.shape
     return flows, (float(c // p.input_lanes), 1, h * w)

@@ -75,6 +75,7 @@ class StagePlan:
     ring_memory: str = "none"  # the line buffer: "none", "logic", "bram"
     compact_ring: bool = False  # the line buffer holds only the window's rows
     slack_rows: int = 0  # rows its line buffer holds beyond the window's and a stride's
+    partial_release: bool = False  # its line buffer frees the oldest row column by column
     aux_memory: str = "none"  # a global pool's running sums
     shared_dsp: int = -1
     """A DSP block (numbered per plan) whose other half belongs to another stage, where one
@@ -220,6 +221,7 @@ class HardwarePlan:
                  "simd": s.simd, "lanes_in": s.lanes_in, "lanes_out": s.lanes_out,
                  "cycles": round(s.cycles), "macs": s.macs, "multipliers": s.multipliers,
                  "dsp_blocks": s.dsp_blocks, "shared_dsp": s.shared_dsp,
+                 "partial_release": s.partial_release,
                  "weights": s.weight_memory,
                  "resources": {k: round(v, 1) for k, v in s.resources.as_dict().items()}}
                 for s in self.stages

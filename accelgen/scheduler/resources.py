@@ -276,12 +276,13 @@ class WindowShape:
     out_hw: tuple[int, int]
     ring_rows: int
     repeats: int
+    partial: bool = False  # the oldest row freed column by column
 
     @staticmethod
     def of(g, repeats: int) -> WindowShape:
         return WindowShape(g.fmt.height, g.fmt.width, g.fmt.beats_per_pixel, g.fmt.lanes,
                            g.fmt.bits, g.kernel, g.stride, (g.padding[0], g.padding[1]),
-                           g.out_hw, g.ring_rows, repeats)
+                           g.out_hw, g.ring_rows, repeats, g.partial)
 
     @property
     def row_words(self) -> int:
@@ -299,10 +300,14 @@ class WindowShape:
         span = h + r + 2
         y_bits = signed_range_bits(-pt, (oh - 1) * sh - pt) if oh > 1 else 0
         x_bits = signed_range_bits(-pl, (ow - 1) * sw - pl) if ow > 1 else 0
-        return [y_bits, x_bits, bits_for(kh), bits_for(kw), bits_for(self.beats_per_pixel),
-                bits_for(self.repeats), bits_for(r), bits_for(self.words),
-                bits_for(self.row_words), signed_range_bits(-span - r, span),
-                signed_range_bits(-span - 1, 2 * span)]
+        widths = [y_bits, x_bits, bits_for(kh), bits_for(kw), bits_for(self.beats_per_pixel),
+                  bits_for(self.repeats), bits_for(r), bits_for(self.words),
+                  bits_for(self.row_words), signed_range_bits(-span - r, span),
+                  signed_range_bits(-span - 1, 2 * span)]
+        if self.partial:  # the oldest row's freed words (compared with the writer's column)
+            widths.append(signed_range_bits(-pl * self.beats_per_pixel - 1,
+                                            (ow * sw + 1) * self.beats_per_pixel))
+        return widths
 
 
     def padded(self) -> tuple[bool, bool, bool, bool]:
@@ -342,7 +347,8 @@ def window_features(w: WindowShape, ring: Memory | None) -> dict[str, float]:
 def window_ff(w: WindowShape, ring: Memory | None) -> float:
     sh = w.stride[0]
     release = bits_for(max(sh, w.height) + 1)
-    ff = sum(w.counters()) + 9 + bits_for(w.words) * (2 if w.stepped_column else 1) + release
+    ff = (sum(w.counters()) + 9 + 2 * w.partial
+          + bits_for(w.words) * (2 if w.stepped_column else 1) + release)
     if ring is not None and ring.placement == "logic":
         ff += ring.bits + w.lanes * w.bits
     return float(ff)

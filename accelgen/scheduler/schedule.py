@@ -22,9 +22,11 @@
    time to spare) stops its producer while it reads, and every stage of a balanced pipeline
    passes such waits on. The coupled pipeline's interval comes from an event model of every
    stage's rows (`accelgen.scheduler.flow`); while it exceeds the slowest stage's, the
-   line buffer its producers wait on most gets a row more (`StagePlan.slack_rows`) and a
-   global pool a FIFO for what arrives while it divides, as long as the plan still fits. The
-   plan's interval, FPS and MAC utilisation are the coupled pipeline's.
+   line buffer its producers wait on most gets rows more (`StagePlan.slack_rows`), or, where
+   that does not fit, frees its oldest row column by column (`StagePlan.partial_release`: a
+   counter and a comparison), and a global pool a FIFO for what arrives while it divides, as
+   long as the plan still fits. The plan's interval, FPS and MAC utilisation are the coupled
+   pipeline's.
 
 A model that cannot fit even at the least parallelism raises `DoesNotFit` with the per-layer
 needs and what would make it fit.
@@ -106,6 +108,7 @@ class Option:
     mult_signed: bool = False  # its multipliers' activation operands are signed
     params: rmodel.Memory | None = None  # a MAC stage's requantizer biases (LUTs by default)
     slack: int = 0  # line-buffer rows beyond the window's and a stride's (`_slacked`)
+    partial: bool = False  # the line buffer frees its oldest row column by column
 
 
 def _fmt(t: QTensor, lanes: int) -> Format:
@@ -254,26 +257,27 @@ def _option_window(layer: QLayer, qg: QuantizedGraph, opt: Option
 
     x = qg.tensors[layer.inputs[0]]
     if isinstance(layer, (QConv, QDense)):
-        g = conv_geometry(layer, x, opt.lanes_in, opt.compact, opt.slack)
+        g = conv_geometry(layer, x, opt.lanes_in, opt.compact, opt.slack, opt.partial)
         folds = qg.tensors[layer.output].shape[2] // opt.pe
         return g, folds if conv_mode(layer, x) == "dense" else 1
     if isinstance(layer, (QMaxPool, QAvgPool)):
         return WindowGeometry(_fmt(x, opt.lanes_in), layer.kernel, layer.stride, layer.padding,
-                              layer.ceil_mode, opt.compact, opt.slack), 1
+                              layer.ceil_mode, opt.compact, opt.slack, opt.partial), 1
     return None
 
 
-def _slacked(dev: Device, layer: QLayer, qg: QuantizedGraph, opt: Option, slack: int
-             ) -> Option:
-    """The option with `slack` more rows in its line buffer (a bigger ring, costed)."""
+def _slacked(dev: Device, layer: QLayer, qg: QuantizedGraph, opt: Option, slack: int,
+             partial: bool = False) -> Option:
+    """The option with `slack` more rows in its line buffer (a bigger ring), its oldest row
+    freed column by column where `partial`: costed."""
     found = _option_window(layer, qg, opt)
-    if found is None or slack == opt.slack:
+    if found is None or (slack, partial) == (opt.slack, opt.partial):
         return opt
     g, repeats = found
     old, _ = _window_costs(dev, g, repeats)
-    new, ring = _window_costs(dev, replace(g, slack_rows=slack), repeats)
+    new, ring = _window_costs(dev, replace(g, slack_rows=slack, partial=partial), repeats)
     delta = Resources(new.lut - old.lut, new.ff - old.ff, new.bram - old.bram)
-    return replace(opt, fixed=opt.fixed + delta, ring=ring, slack=slack)
+    return replace(opt, fixed=opt.fixed + delta, ring=ring, slack=slack, partial=partial)
 
 
 def _stall_fifos(qg: QuantizedGraph, stages: list[StagePlan],
@@ -407,7 +411,7 @@ def _assemble(dev: Device, layers: list[QLayer], chosen: list[Option],
             multipliers=opt.multipliers, dsp_blocks=dsps,
             weight_memory="none" if mem is None else mem.placement, resources=res,
             ring_memory="none" if ring is None else ring.placement,
-            compact_ring=opt.compact, slack_rows=opt.slack,
+            compact_ring=opt.compact, slack_rows=opt.slack, partial_release=opt.partial,
             aux_memory="none" if opt.aux is None else opt.aux.placement,
             shared_dsp=half,
             param_memory="none" if pmem is None else pmem.placement,
@@ -610,9 +614,9 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
                                               out_t.size * out_t.bits)
     host = Resources(host_lut, host_ff)
 
-    def build(chosen: list[Option], slack: dict[str, int], stall: bool = False
-              ) -> HardwarePlan:
-        chosen = [_slacked(dev, la, qg, o, slack.get(la.name, 0))
+    def build(chosen: list[Option], slack: dict[str, int], stall: bool = False,
+              partial: frozenset[str] = frozenset()) -> HardwarePlan:
+        chosen = [_slacked(dev, la, qg, o, slack.get(la.name, 0), la.name in partial)
                   for la, o in zip(layers, chosen, strict=True)]
         stages = _assemble(dev, layers, chosen, qg)
         depths = fifo_depths(qg, {s.layer: s.lanes_out for s in stages}, stages[0].lanes_in)
@@ -642,8 +646,9 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
         return best
 
     def couple(p: HardwarePlan) -> HardwarePlan:
-        """`p` with its coupled interval, and line-buffer rows added where producers wait for
-        room (the stage they wait on most first) while that shortens the interval and fits."""
+        """`p` with its coupled interval, and line-buffer rows, or line buffers that free their
+        oldest row column by column, added where producers wait for room (the stage they wait
+        on most first) while that shortens the interval and fits."""
         chosen = chosen_for[id(p)]
         flow = pipeline_flow(p)
         p = replace(p, interval=flow.interval)
@@ -654,7 +659,9 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
             if q_flow.interval < 0.995 * p.ii_cycles:
                 stall, p, flow = True, replace(q, interval=q_flow.interval), q_flow
         slack: dict[str, int] = {}
+        partial: frozenset[str] = frozenset()
         tried: set[str] = set()
+        tried_partial: set[str] = set()
         # the most rows each line buffer may get: a pointwise stage's "rows" are pixels
         most = {}
         for la, o in zip(layers, chosen, strict=True):
@@ -664,21 +671,29 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
                 most[la.name] = MAX_SLACK_PIXELS if pixel_rows else MAX_SLACK_ROWS
         while p.ii_cycles > SLACK_GOAL * p.stage_interval:
             if not stall:  # (once the slack is in, the stall FIFO may pay off)
-                q = build(chosen, slack, stall=True)
+                q = build(chosen, slack, stall=True, partial=partial)
                 if q.fifo_depths != p.fifo_depths and q.fits:
                     q_flow = pipeline_flow(q)
                     if q_flow.interval < 0.995 * p.ii_cycles:
                         stall, p, flow = True, replace(q, interval=q_flow.interval), q_flow
                         continue
+            # rows first (what the builds were verified with), then, where no row can be added
+            # (no block RAM left), the oldest row freed column by column (a few LUTs)
             waits = [(w, name) for name, w in flow.waits.items()
-                     if w > 0 and name in most and name not in tried
-                     and slack.get(name, 0) < most[name]]
+                     if w > 0 and name in most and (
+                         (name not in tried and slack.get(name, 0) < most[name])
+                         or (name not in partial and name not in tried_partial))]
             if not waits:
                 break
             name = max(waits)[1]
             rows = slack.get(name, 0)
-            trial = {**slack, name: min(most[name], max(1, 2 * rows))}
-            q = build(chosen, trial, stall)
+            if name not in tried and rows < most[name]:
+                trial = {**slack, name: min(most[name], max(1, 2 * rows))}
+                trial_partial = partial
+            else:
+                trial, trial_partial = slack, partial | {name}
+                tried_partial.add(name)
+            q = build(chosen, trial, stall, trial_partial)
             q_flow = pipeline_flow(q)
             # better: a shorter interval, or as short with much less waiting (one of several
             # stalls removed: the others still set the interval)
@@ -686,8 +701,9 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
                 q_flow.interval <= p.ii_cycles
                 and sum(q_flow.waits.values()) < 0.9 * sum(flow.waits.values()))
             if q.fits and better:
-                slack, p, flow = trial, replace(q, interval=q_flow.interval), q_flow
-            else:
+                slack, partial = trial, trial_partial
+                p, flow = replace(q, interval=q_flow.interval), q_flow
+            elif trial_partial is partial:
                 tried.add(name)
         return p
 
