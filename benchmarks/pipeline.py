@@ -1,6 +1,6 @@
 """Streaming-pipeline plans measured in simulation: MAC utilisation, cycles per image, FPS.
 
-    python benchmarks/pipeline.py [--images 4] [--engine cxxrtl|pysim]
+    python benchmarks/pipeline.py [--images 4] [--engine verilator|cxxrtl|pysim]
                                   [--out benchmarks/results/pipeline.md]
 
 For the default model (dscnn_fmnist, 8-bit) and the MLPerf Tiny KWS DS-CNN (quantized by
@@ -97,7 +97,7 @@ def seed002_sized_dscnn() -> Graph:
 
 
 def measure(name: str, graph: Graph, calib: np.ndarray, x: np.ndarray, board: str,
-            images: int, simulate_it: bool = True, engine: str = "cxxrtl") -> str:
+            images: int, simulate_it: bool = True, engine: str = "verilator") -> str:
     qg, _ = quantize(graph, calib, QuantConfig())
     dev = device(board)
     try:
@@ -128,8 +128,9 @@ def measure(name: str, graph: Graph, calib: np.ndarray, x: np.ndarray, board: st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4)
-    ap.add_argument("--engine", choices=("cxxrtl", "pysim"), default="cxxrtl",
-                    help="the simulator (both give the same cycles; cxxrtl compiles first)")
+    ap.add_argument("--engine", choices=("verilator", "cxxrtl", "pysim"), default="verilator",
+                    help="the simulator (all give the same cycles; the compiled ones compile "
+                    "first)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     header = ("| model | device | multipliers | slowest stage cycles | plan cycles/image "
