@@ -13,8 +13,9 @@ the plan's error against it, the MAC utilisation measured from it (useful MACs p
 (multipliers x simulated cycles per image)) and the FPS at the plan's clock. Plans that do not
 fit are reported as such.
 
-Also the seed-002 point of reference: a DS-CNN of 16.64 M operations (8.3 M MACs, 79 k
-parameters, random weights) planned for the ECP5-85F.
+Also the seed-002 point of reference: a DS-CNN of about 16 M operations (random weights and
+inputs) planned for the ECP5-85F and simulated like the others (with the compiled engines; with
+pysim only planned).
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ def main() -> None:
              f"{2 * seed.macs / 1e6:.2f} M ops ({seed.macs / 1e6:.2f} M MACs, {seed.params:,} "
              f"parameters) on ECP5-85F:")
     lines += ["", intro, "", lines[0], lines[1]]
-    lines.append(measure("seed-002-sized DS-CNN", seed, calib, calib[:2], "ecp5", 2,
-                         simulate_it=False))
+    lines.append(measure("seed-002-sized DS-CNN", seed, calib, calib[:4], "ecp5", args.images,
+                         simulate_it=args.engine != "pysim", engine=args.engine))
     print("\n".join(lines[-5:]), flush=True)
     text = "\n".join(lines)
     if args.out:
