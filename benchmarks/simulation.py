@@ -67,9 +67,9 @@ def fashion_test_set() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def mlperf_rows(boards: list[str], n: int) -> list[str]:
+def mlperf_rows(boards: list[str], n: int, engine: str = "verilator") -> list[str]:
     """KWS and ResNet-8, quantized on random data, `n` random inputs through the compiled RTL
-    of each board's plan (where it fits), compared with the golden model."""
+    (`engine`) of each board's plan (where it fits), compared with the golden model."""
     from accelgen.compress import QuantConfig, quantize
     from accelgen.frontend import load_model
     from accelgen.scheduler import DoesNotFit
@@ -96,7 +96,8 @@ def mlperf_rows(boards: list[str], n: int) -> list[str]:
                 continue
             acc = Accelerator(p)
             x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
-            r = cxxrtl.simulate(acc, x_ir, back_to_back=True)
+            r = {"cxxrtl": cxxrtl, "verilator": verilator}[engine].simulate(
+                acc, x_ir, back_to_back=True)
             want = golden.logits(qg, x)
             exact = bool(np.array_equal(r.logits, want))
             rows.append(f"| {name} | {b} ({dev.name}) | {n} | {'yes' if exact else 'NO'} | "
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--mlperf", action="store_true",
                     help="also the MLPerf Tiny KWS DS-CNN and ResNet-8 (../shared/models)")
     ap.add_argument("--mlperf-inputs", type=int, default=100)
+    ap.add_argument("--mlperf-engine", default="verilator", choices=["cxxrtl", "verilator"])
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -196,11 +198,12 @@ def main() -> None:
         print(lines[-1])
     if args.mlperf:
         lines += ["", ("MLPerf Tiny models (quantized by accelgen, random calibration and "
-                       "inputs) through the compiled RTL, compared with golden:"), "",
+                       f"inputs) through the compiled RTL ({args.mlperf_engine}), compared with "
+                       "golden:"), "",
                   ("| model | board (device) | inputs | bit-exact | cycles/image (plan) | "
                    "simulated interval | compiled cycles/s |"),
                   "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
-        for row in mlperf_rows(args.boards, args.mlperf_inputs):
+        for row in mlperf_rows(args.boards, args.mlperf_inputs, args.mlperf_engine):
             lines.append(row)
             print(row, flush=True)
     text = "\n".join(lines) + "\n"
