@@ -130,6 +130,15 @@ class CompiledDesign:
 _LOCK = threading.Lock()
 
 
+def remembered(acc: Accelerator, backend: str) -> CompiledDesign | None:
+    """The library compiled for `acc` earlier in this process (its compile time 0.0): checked
+    before the design is converted again to compute the cache key."""
+    known = getattr(acc, "_compiled_simulation", {}).get(backend)
+    if known is not None and known.library.is_file():
+        return CompiledDesign(known.library, 0.0)
+    return None
+
+
 def cached_build(acc: Accelerator, backend: str, key_parts: Sequence[str],
                  build: Callable[[Path], None]) -> CompiledDesign:
     """The shared library of `acc`'s model for `backend`: remembered on `acc`, else from the
@@ -137,12 +146,10 @@ def cached_build(acc: Accelerator, backend: str, key_parts: Sequence[str],
     and flags), else made by `build(work)`, which must leave ``work/model.so``. The library
     moves into the cache atomically, so a half-written one is never used; a failed build's
     logs stay in its work folder, which the `CompileFailed` error names."""
-    memo = getattr(acc, "_compiled_simulation", None)
-    if memo is None:
-        memo = acc._compiled_simulation = {}
-    known = memo.get(backend)
-    if known is not None and known.library.is_file():
-        return CompiledDesign(known.library, 0.0)
+    known = remembered(acc, backend)
+    if known is not None:
+        return known
+    memo = acc.__dict__.setdefault("_compiled_simulation", {})
     key = hashlib.sha256()
     for part in key_parts:
         key.update(part.encode())

@@ -33,6 +33,7 @@ from accelgen.sim.compiled import (
     design_rtlil,
     find_compiler,
     package_source,
+    remembered,
     run_compiler,
     run_library,
 )
@@ -60,6 +61,9 @@ def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> Com
     stops the compiler (a `SimulationError`)."""
     from accelgen.build import run_tool
 
+    known = remembered(acc, "cxxrtl")
+    if known is not None:
+        return known
     il = design_rtlil(acc)
     cxx = find_compiler()
     driver, loop = package_source("cxxrtl_driver.cc"), package_source("driver_loop.h")

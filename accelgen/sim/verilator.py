@@ -34,6 +34,7 @@ from accelgen.sim.compiled import (
     design_rtlil,
     find_compiler,
     package_source,
+    remembered,
     run_compiler,
     run_library,
 )
@@ -80,6 +81,9 @@ def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> Com
     setting `stop` stops the compilers (a `SimulationError`)."""
     from accelgen.build import run_tool
 
+    known = remembered(acc, "verilator")
+    if known is not None:
+        return known
     verilator = find_verilator()
     cxx = find_compiler()
     il = design_rtlil(acc)
