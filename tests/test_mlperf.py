@@ -145,3 +145,24 @@ def test_resnet8_pipeline_plan_on_ecp5_flows() -> None:
         lanes = lanes_out[producer.name] if producer is not None else p.input_lanes
         assert depth * lanes >= 3 * t.shape[1] * t.shape[2]  # rows of the tensor, not beats
     assert pipeline_flow(p).interval == p.ii_cycles
+
+
+def test_kws_plan_on_ecp5_runs_at_its_slowest_stage() -> None:
+    """KWS's four equally slow pointwise stages each hold the coupled pipeline back by the same
+    amount, so adding line-buffer rows to one buffer at a time shortened nothing (the plan ran
+    at 10,185 cycles for a slowest stage of 8,000). The scheduler then tries every buffer at its
+    most rows, trims each to the fewest that keep that interval, and gets the stage interval."""
+    from accelgen.compress import QuantConfig, quantize
+    from accelgen.devices import device
+    from accelgen.scheduler import plan
+    from accelgen.scheduler.flow import pipeline_flow
+
+    graph = load_model(MLPERF / "kws_ref_model_float32_tf2onnx.onnx")
+    rng = np.random.default_rng(0)
+    qg, _ = quantize(graph, (rng.uniform(-1, 1, (64, 49, 10, 1)) * 30).astype(np.float32),
+                     QuantConfig())
+    p = plan(qg, device("ecp5"))
+    assert p.fits
+    assert p.ii_cycles <= 1.01 * p.stage_interval
+    assert pipeline_flow(p).interval == p.ii_cycles
+    assert p.mac_utilization >= 0.8

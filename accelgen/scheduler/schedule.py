@@ -705,7 +705,38 @@ def plan(qg: QuantizedGraph, dev: Device, *, fps: float | None = None,
                 p, flow = replace(q, interval=q_flow.interval), q_flow
             elif trial_partial is partial:
                 tried.add(name)
+        if p.ii_cycles > SLACK_GOAL * p.stage_interval and most:
+            p = saturate(p, chosen, most, slack, partial, stall)
         return p
+
+    def saturate(p: HardwarePlan, chosen: list[Option], most: dict[str, int],
+                 slack: dict[str, int], partial: frozenset[str], stall: bool) -> HardwarePlan:
+        """`p`, or the plan with every line buffer at its most rows and then each trimmed to
+        the fewest that keep that interval, if that is faster. (Adding rows one buffer at a
+        time finds nothing where several stages each hold the pipeline back by the same
+        amount, e.g. a chain of equally slow pointwise stages.)"""
+        full = {name: max(most[name], slack.get(name, 0)) for name in most}
+        goal = p.ii_cycles
+        for with_stall in sorted({stall, True}):  # (the stall FIFOs may pay off now)
+            q = build(chosen, full, with_stall, partial)
+            interval = pipeline_flow(q).interval
+            if q.fits and interval < 0.995 * goal:
+                goal, stall = interval, with_stall
+        if goal >= 0.995 * p.ii_cycles:
+            return p
+        # the biggest line buffers first: their rows cost the most memory
+        for s in sorted(q.stages, key=lambda s: (-s.resources.bram, s.layer)):
+            if s.layer not in full:
+                continue
+            for rows in (0, *(1 << k for k in range(full[s.layer].bit_length()))):
+                if rows >= full[s.layer]:
+                    break
+                trial = {**full, s.layer: rows}
+                if pipeline_flow(build(chosen, trial, stall, partial)).interval <= goal:
+                    full = trial
+                    break
+        q = build(chosen, full, stall, partial)
+        return replace(q, interval=pipeline_flow(q).interval)
 
     # smallest feasible interval: the fit is monotone in the interval, so bisect
     lo, hi = 0, len(candidates) - 1
