@@ -1,0 +1,1 @@
+"""The layer-sequential PE array (seed 001): instruction set, compiler, machine model."""

@@ -1,0 +1,278 @@
+"""The PE array at the instruction level: what each instruction does to memory, and what it costs.
+
+`execute` runs a `Program` on a batch of inputs the way the hardware does, from the bits of its
+memory image: it decodes each instruction from the program words, reads the feature maps,
+weights and parameters in their packed formats, computes in the code domain (offset codes,
+folded biases, pad lanes and all) and writes the packed result words back. Its outputs must
+equal the golden model's (`tests/test_array.py`), so the compiler's layouts are proved before
+any RTL runs them; the RTL is then checked against this model's memory, word for word.
+
+`cost` is the array's cycle and memory-access model per instruction (the counters the hardware
+keeps, per layer):
+
+* **CONV** (``G`` groups of ``g`` output channels, ``K`` words per channel's kernel, one
+  activation word broadcast to every PE per cycle): per group, the PE weight buffers are loaded
+  (``g * K`` reads) and the group's parameters (``4 * g`` reads); per output pixel ``K`` words
+  are read and multiplied in ``K * c16`` cycles (``c16`` = `ArrayConfig.word16_cycles` in
+  16-bit mode, else 1), the group's output words written (``w`` writes, stealing read cycles),
+  and the requantizer takes one channel per cycle: ``max(K * c16, K + w, g)`` cycles a pixel.
+* **MAXPOOL / AVGPOOL**: per output pixel and channel word, one read per window tap inside the
+  input and one write.
+* **ADD**: per word, two reads and a write.
+
+Each instruction also pays `SETUP` cycles (fetch and decode) and each CONV group `DRAIN`
+cycles (the multiplier and requantizer pipelines emptying).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from accelgen import golden
+from accelgen.array.compiler import (
+    BIAS_BITS,
+    PARAM_WORDS,
+    Placement,
+    Program,
+    from_words,
+    to_words,
+    unpack,
+)
+from accelgen.array.isa import WORDS, Flag, Instr, Mode, Op, decode
+from accelgen.errors import AccelgenError
+from accelgen.ir import window_output_size
+
+SETUP = WORDS + 4
+DRAIN = 6
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One instruction's counters: cycles, memory words read and written, useful MACs and
+    the multipliers' capacity over those cycles (products they could have made)."""
+
+    layer: str
+    op: str
+    cycles: int
+    reads: int
+    writes: int
+    macs: int
+    capacity: int
+
+    @property
+    def accesses(self) -> int:
+        return self.reads + self.writes
+
+    @property
+    def utilization(self) -> float:
+        return self.macs / self.capacity if self.capacity else 0.0
+
+
+def _place(ins: Instr, which: str) -> Placement:
+    """A Placement for an instruction's operand (the fields the machine reads)."""
+    if which == "x":
+        mode, off, shape, addr = ins.mode, ins.has(Flag.X_OFF), (ins.h, ins.w, ins.c), ins.x_addr
+    elif which == "x2":
+        mode, off = ins.x2_mode, ins.has(Flag.X2_OFF)
+        shape, addr = (ins.h, ins.w, ins.c), ins.x2_addr
+    else:
+        mode, off, shape, addr = ins.y_mode, ins.has(Flag.Y_OFF), (ins.oh, ins.ow, ins.oc), \
+            ins.y_addr
+    m = Mode(mode)
+    # an offset tensor is as wide as its lanes (compiler), so bits = the lane width
+    return Placement(addr, m, off, shape, m.bits, not off)
+
+
+def cost(program: Program) -> list[LayerCost]:
+    """Every instruction's counters (module docstring)."""
+    cfg = program.config
+    out = []
+    for lc in program.code:
+        ins = lc.instr
+        y = _place(ins, "y")
+        x = _place(ins, "x")
+        pixels = ins.oh * ins.ow
+        if ins.op == Op.CONV:
+            k, g = lc.kernel_words, lc.group
+            groups = -(-ins.oc // g)
+            c16 = cfg.word16_cycles if Mode(ins.mode) == Mode.B16 else 1
+            reads = writes = cycles = 0
+            for gi in range(groups):
+                words_out = -(-min(g, ins.oc - gi * g) // y.lanes)
+                reads += g * k + PARAM_WORDS * g + pixels * k
+                writes += pixels * words_out
+                cycles += g * k + PARAM_WORDS * g + DRAIN
+                cycles += pixels * max(k * c16, k + words_out, g)
+            cycles += SETUP
+            lanes = Mode(ins.mode).lanes
+            capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes == 1 else 1)
+            out.append(LayerCost(lc.layer, "conv" + ("-dw" if ins.has(Flag.DEPTHWISE) else ""),
+                                 cycles, reads, writes, lc.macs, capacity))
+        elif ins.op in (Op.MAXPOOL, Op.AVGPOOL):
+            taps = _inside_taps(ins)
+            reads = taps * x.channel_words
+            writes = pixels * y.channel_words
+            out.append(LayerCost(lc.layer, Op(ins.op).name.lower(), SETUP + reads + writes,
+                                 reads, writes, 0, 0))
+        elif ins.op == Op.ADD:
+            words = y.words
+            out.append(LayerCost(lc.layer, "add", SETUP + 3 * words, 2 * words, words, 0, 0))
+        else:
+            raise AccelgenError(f"no cost rule for op {ins.op!r}")
+    return out
+
+
+def _inside_taps(ins: Instr) -> int:
+    """Window taps inside the input, summed over output pixels."""
+    total = 0
+    for oy in range(ins.oh):
+        rows = sum(0 <= oy * ins.sh - ins.pt + r < ins.h for r in range(ins.kh))
+        for ox in range(ins.ow):
+            cols = sum(0 <= ox * ins.sw - ins.pl + c < ins.w for c in range(ins.kw))
+            total += rows * cols
+    return total
+
+
+def _read(mem: np.ndarray, place: Placement) -> np.ndarray:
+    return mem[:, place.addr:place.addr + place.words]
+
+
+def _write(mem: np.ndarray, place: Placement, words: np.ndarray) -> None:
+    mem[:, place.addr:place.addr + place.words] = words
+
+
+def _padded_codes(mem: np.ndarray, x: Placement, pt: int, pl: int, oh: int, ow: int, kh: int,
+                  kw: int, sh: int, sw: int) -> np.ndarray:
+    """(N, H', W', CW * lanes) stored lane codes, padded with the code of zero."""
+    n = mem.shape[0]
+    h, w, _ = x.shape
+    codes = unpack(_read(mem, x).reshape(n, h, w, x.channel_words), x.mode)
+    pb = max(0, (oh - 1) * sh + kh - pt - h)
+    pr = max(0, (ow - 1) * sw + kw - pl - w)
+    return np.pad(codes, ((0, 0), (pt, pb), (pl, pr), (0, 0)),
+                  constant_values=-x.code_offset)
+
+
+def _conv(mem: np.ndarray, ins: Instr, lc) -> None:
+    x, y = _place(ins, "x"), _place(ins, "y")
+    n = mem.shape[0]
+    lanes = x.lanes
+    k, g = lc.kernel_words, lc.group
+    groups = -(-ins.oc // g)
+    xp = _padded_codes(mem, x, ins.pt, ins.pl, ins.oh, ins.ow, ins.kh, ins.kw, ins.sh, ins.sw)
+    wwords = mem[0, ins.w_addr:ins.w_addr + groups * g * k].reshape(groups, g, k)
+    wl = unpack(wwords, x.mode)  # (groups, g, K * lanes)
+    pw = mem[0, ins.p_addr:ins.p_addr + groups * g * PARAM_WORDS].astype(np.int64)
+    pw = pw.reshape(groups * g, PARAM_WORDS)
+    bias = pw[:, 0] | (pw[:, 1] << 16) | (pw[:, 2] << 32)
+    bias -= (bias >> (BIAS_BITS - 1)) << BIAS_BITS
+    shift = pw[:, 3] - ((pw[:, 3] >> 15) << 16)
+    taps = [(r, c) for r in range(ins.kh) for c in range(ins.kw)]
+
+    def cols(word_lo: int, word_hi: int) -> np.ndarray:
+        sl = slice(word_lo * lanes, word_hi * lanes)
+        parts = [xp[:, r:r + (ins.oh - 1) * ins.sh + 1:ins.sh,
+                    c:c + (ins.ow - 1) * ins.sw + 1:ins.sw, sl] for r, c in taps]
+        return np.concatenate(parts, axis=3).reshape(n * ins.oh * ins.ow, -1)
+
+    acc = np.zeros((n * ins.oh * ins.ow, groups * g), np.int64)
+    if ins.has(Flag.DEPTHWISE):
+        per = k // len(taps)  # words a group reads per tap
+        short = groups * per * lanes - xp.shape[3]  # the last group reads past the channels
+        if short > 0:
+            xp = np.pad(xp, ((0, 0), (0, 0), (0, 0), (0, short)))
+        for gi in range(groups):
+            acc[:, gi * g:(gi + 1) * g] = cols(gi * per, (gi + 1) * per) @ wl[gi].T
+    else:
+        acc[:] = cols(0, x.channel_words) @ wl.reshape(groups * g, -1).T
+    acc += bias
+    yv = golden.requantize(acc, shift, ins.lo, ins.hi)
+    c_words = y.channel_words * y.lanes
+    full = np.zeros((n * ins.oh * ins.ow, c_words), np.int64)
+    used = min(c_words, groups * g)
+    full[:, :used] = yv[:, :used]
+    # lanes past the last group (never computed) keep whatever the words held: none exist,
+    # since a group's size is a multiple of the output lanes (checked by the compiler)
+    words = to_words(full.reshape(n, ins.oh, ins.ow, c_words),
+                     Placement(0, y.mode, y.offset, (ins.oh, ins.ow, c_words), y.bits,
+                               y.signed))
+    _write(mem, y, words)
+
+
+def _pool(mem: np.ndarray, ins: Instr) -> None:
+    x, y = _place(ins, "x"), _place(ins, "y")
+    n = mem.shape[0]
+    h, w, _ = x.shape
+    vals = from_words(_read(mem, x), _lane_place(x))  # decoded values, pad lanes included
+    c_words = x.channel_words * x.lanes
+    out = np.empty((n, ins.oh, ins.ow, c_words), np.int64)
+    for oy in range(ins.oh):
+        r0 = oy * ins.sh - ins.pt
+        rs = slice(max(0, r0), min(h, r0 + ins.kh))
+        for ox in range(ins.ow):
+            c0 = ox * ins.sw - ins.pl
+            cs = slice(max(0, c0), min(w, c0 + ins.kw))
+            win = vals[:, rs, cs, :]
+            if ins.op == Op.MAXPOOL:
+                out[:, oy, ox] = win.max(axis=(1, 2))
+            else:
+                s = win.sum(axis=(1, 2))
+                out[:, oy, ox] = (((2 * s + ins.rc) * ins.rm) >> ins.rk) - ins.rbig
+    _write(mem, y, to_words(out, _lane_place(y)))
+
+
+def _lane_place(p: Placement) -> Placement:
+    """`p` with its pad lanes counted as channels (lane-wise units write every lane)."""
+    c = p.channel_words * p.lanes
+    return Placement(p.addr, p.mode, p.offset, (p.shape[0], p.shape[1], c), p.bits, p.signed)
+
+
+def _add(mem: np.ndarray, ins: Instr) -> None:
+    x, x2, y = _place(ins, "x"), _place(ins, "x2"), _place(ins, "y")
+    a = from_words(_read(mem, x), _lane_place(x))
+    b = from_words(_read(mem, x2), _lane_place(x2))
+    total = np.left_shift(a, ins.align) + np.left_shift(b, ins.align2)
+    _write(mem, y, to_words(golden.requantize(total, ins.shift, ins.lo, ins.hi),
+                            _lane_place(y)))
+
+
+def execute(program: Program, x: np.ndarray, *, memory: bool = False):
+    """Run `program` on integer input codes `x` (N, H, W, C); the output tensor's values
+    (N, OH, OW, OC), and with `memory` also the final memory words (N, words)."""
+    x = np.asarray(x, np.int64)
+    place = program.tensors[program.input]
+    if x.ndim != 4 or x.shape[1:] != place.shape:
+        raise AccelgenError(f"inputs of shape {x.shape} for an input tensor {place.shape}")
+    n = x.shape[0]
+    mem = np.zeros((n, program.words), np.int64)
+    mem[:, :program.image.size] = program.image
+    _write(mem, place, to_words(x, place))
+    pc = 0
+    for lc in program.code:
+        ins = decode(mem[0, pc:pc + WORDS])
+        if ins != lc.instr:
+            raise AccelgenError(f"instruction {pc // WORDS} decodes differently from its code")
+        if ins.op == Op.CONV:
+            _conv(mem, ins, lc)
+        elif ins.op in (Op.MAXPOOL, Op.AVGPOOL):
+            _pool(mem, ins)
+        elif ins.op == Op.ADD:
+            _add(mem, ins)
+        pc += WORDS
+    if decode(mem[0, pc:pc + WORDS]).op != Op.END:
+        raise AccelgenError("the program does not end with END")
+    outp = program.tensors[program.output]
+    y = from_words(_read(mem, outp), outp)
+    return (y, mem) if memory else y
+
+
+def run_graph_outputs(program: Program, qg, x_ir: np.ndarray) -> np.ndarray:
+    """The output codes in the model's order (N, K), as `golden.logits` gives them."""
+    y = execute(program, x_ir)
+    qo = qg.outputs[0]
+    return y.reshape(y.shape[0], -1)[:, qo.layout.reshape(-1)]
+
+
+__all__ = ["LayerCost", "cost", "execute", "run_graph_outputs", "window_output_size"]
