@@ -70,7 +70,7 @@ def test_instructions_round_trip_through_memory_words(data) -> None:
 def test_instruction_field_out_of_range_is_named() -> None:
     with pytest.raises(ShapeError, match=r"field lo = 70000"):
         Instr(op=Op.CONV, lo=70000)
-    with pytest.raises(ShapeError, match=r"instruction is 23 words, not 3"):
+    with pytest.raises(ShapeError, match=rf"instruction is {WORDS} words, not 3"):
         decode([0, 0, 0])
 
 

@@ -441,8 +441,17 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
     flags = (Flag.X_OFF if x.offset else 0) | (Flag.Y_OFF if y.offset else 0)
     h, w, c = x.shape
     oh, ow, oc = y.shape
+    pad_lane = (-x.code_offset) & ((1 << x.mode.bits) - 1)
+    if isinstance(la, (QConv, QMaxPool, QAvgPool)):
+        pt_pl, st_hw = (la.padding[0], la.padding[1]), la.stride
+    else:
+        pt_pl, st_hw = (0, 0), (1, 1)
     common = dict(mode=int(x.mode), y_mode=int(y.mode), h=h, w=w, c=c, oh=oh, ow=ow, oc=oc,
-                  x_addr=x.addr, y_addr=y.addr)
+                  x_addr=x.addr, y_addr=y.addr, xcw=x.channel_words, ycw=y.channel_words,
+                  row=w * x.channel_words, org=x.addr - pt_pl[0] * w * x.channel_words
+                  - pt_pl[1] * x.channel_words, srow=st_hw[0] * w * x.channel_words,
+                  scw=st_hw[1] * x.channel_words,
+                  pad=sum(pad_lane << (j * x.mode.bits) for j in range(x.lanes)))
     macs = la.macs(qg.tensors)
     if isinstance(la, (QConv, QDense)):
         if isinstance(la, QDense):
@@ -451,19 +460,25 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
             (kh, kw), st, pad = la.kernel, la.stride, la.padding
             if la.is_depthwise and la.groups > 1:
                 flags |= Flag.DEPTHWISE
+        groups = -(-oc // gsz)
+        gwords = gsz // y.lanes
         instr = Instr(op=Op.CONV, flags=int(flags), kh=kh, kw=kw, sh=st[0], sw=st[1],
                       pt=pad[0], pl=pad[1], w_addr=w_addr, p_addr=p_addr, lo=la.lo, hi=la.hi,
-                      **common)
+                      tapw=k // (kh * kw), k=k, groups=groups, gsz=gsz, gwords=gwords,
+                      lwords=y.channel_words - (groups - 1) * gwords, **common)
         return LayerCode(la.name, instr, macs, gsz, k)
     if isinstance(la, QAdd):
         x2 = places[la.inputs[1]]
         flags |= Flag.X2_OFF if x2.offset else 0
         instr = Instr(op=Op.ADD, flags=int(flags), x2_mode=int(x2.mode), x2_addr=x2.addr,
-                      lo=la.lo, hi=la.hi, shift=la.shift, align=la.align[0],
+                      x2cw=x2.channel_words,
+                      k=y.words, lo=la.lo, hi=la.hi, shift=la.shift, align=la.align[0],
                       align2=la.align[1], **common)
         return LayerCode(la.name, instr, 0)
     if isinstance(la, QMaxPool):
+        yt = qg.tensors[la.output]
         instr = Instr(op=Op.MAXPOOL, flags=int(flags), kh=la.kernel[0], kw=la.kernel[1],
+                      lo=yt.qmin, hi=yt.qmax,
                       sh=la.stride[0], sw=la.stride[1], pt=la.padding[0], pl=la.padding[1],
                       **common)
         return LayerCode(la.name, instr, 0)
@@ -476,7 +491,9 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
     t = qg.tensors[la.inputs[0]]
     sum_bits = sum_bits_for(t.qmin, t.qmax, n)
     rc, rm, rk, rbig = golden.reciprocal(n, sum_bits)
-    instr = Instr(op=Op.AVGPOOL, flags=int(flags), kh=kernel[0], kw=kernel[1], sh=stride[0],
+    yt = qg.tensors[la.output]
+    instr = Instr(op=Op.AVGPOOL, flags=int(flags), lo=yt.qmin, hi=yt.qmax, kh=kernel[0],
+                  kw=kernel[1], sh=stride[0],
                   sw=stride[1], pt=pad[0], pl=pad[1], rc=rc, rm=rm, rk=rk, rbig=rbig, **common)
     return LayerCode(la.name, instr, 0)
 

@@ -97,6 +97,16 @@ FIELDS: tuple[tuple[str, int, bool], ...] = (
     ("align", 5, False), ("align2", 5, False),  # ADD: the inputs' left shifts
     ("rc", 32, False), ("rm", 32, False), ("rk", 7, False),  # AVGPOOL: reciprocal constants
     ("rbig", 24, False),
+    # derived by the compiler so the controller computes addresses by adding only
+    ("xcw", 12, False), ("x2cw", 12, False), ("ycw", 12, False),  # channel words per pixel
+    ("row", 20, False),  # words per input row (w * xcw)
+    ("tapw", 12, False),  # CONV: input words read per tap (xcw; a depthwise group's words)
+    ("k", 16, False),  # CONV: words per output channel's kernel (kh * kw * tapw)
+    ("groups", 12, False), ("gsz", 8, False),  # CONV: groups of gsz output channels
+    ("gwords", 8, False), ("lwords", 8, False),  # CONV: output words per group, last group
+    ("pad", 16, False),  # the word of zero codes in the input's lanes (padding)
+    ("org", 22, True),  # CONV/pools: x_addr - pt * row - pl * xcw (word of tap (0, 0) of pixel 0)
+    ("srow", 22, False), ("scw", 16, False),  # sh * row, sw * xcw
 )
 
 BITS = sum(b for _, b, _ in FIELDS)
@@ -140,6 +150,20 @@ class Instr:
     rm: int = 0
     rk: int = 0
     rbig: int = 0
+    xcw: int = 0
+    x2cw: int = 0
+    ycw: int = 0
+    row: int = 0
+    tapw: int = 0
+    k: int = 0
+    groups: int = 0
+    gsz: int = 0
+    gwords: int = 0
+    lwords: int = 0
+    pad: int = 0
+    org: int = 0
+    srow: int = 0
+    scw: int = 0
 
     def __post_init__(self) -> None:
         for name, bits, signed_ in FIELDS:

@@ -11,21 +11,25 @@ any RTL runs them; the RTL is then checked against this model's memory, word for
 keeps, per layer):
 
 * **CONV** (``G`` groups of ``g`` output channels, ``K`` words per channel's kernel, one
-  activation word broadcast to every PE per cycle): per group, the PE weight buffers are loaded
-  (``g * K`` reads) and the group's parameters (``4 * g`` reads); per output pixel ``K`` words
-  are read and multiplied in ``K * c16`` cycles (``c16`` = `ArrayConfig.word16_cycles` in
-  16-bit mode, else 1), the group's output words written (``w`` writes, stealing read cycles),
-  and the requantizer takes one channel per cycle: ``max(K * c16, K + w, g)`` cycles a pixel.
-* **MAXPOOL / AVGPOOL**: per output pixel and channel word, one read per window tap inside the
-  input and one write.
-* **ADD**: per word, two reads and a write.
+  activation word broadcast to every PE per cycle): per group, a cycle, the PE weight buffers
+  loaded (``g * K`` reads, + 2 cycles) and the group's parameters (``4 * g`` reads, + 2); then
+  per output pixel ``K * c16`` issue cycles (``c16`` = `ArrayConfig.word16_cycles` in 16-bit
+  mode, else 1; a read for each word of a tap inside the input), except that a cycle in which
+  a result word is written issues nothing and a pixel's last word waits until the requantizer
+  has taken the previous pixel (`_pixel_timeline`); then the requantizer drains.
+* **MAXPOOL / AVGPOOL**, per output pixel and channel word: a cycle per window tap (a read
+  where it is inside the input), one more, then per lane a cycle (an average: `MUL_CYCLES` + 1,
+  its division by the reciprocal computed bit by bit), and `VECTOR_DRAIN` cycles until the word
+  is written.
+* **ADD**, per word: two reads, a cycle, a cycle per lane, `VECTOR_DRAIN`.
 
-Each instruction also pays `SETUP` cycles (fetch and decode) and each CONV group `DRAIN`
-cycles (the multiplier and requantizer pipelines emptying).
+Each instruction also pays `FETCH` + 1 cycles (its words read, decoded, dispatched, and the
+step to the next); the END instruction `FETCH`. Reads include the instruction words.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,8 +48,9 @@ from accelgen.array.isa import WORDS, Flag, Instr, Mode, Op, decode
 from accelgen.errors import AccelgenError
 from accelgen.ir import window_output_size
 
-SETUP = WORDS + 4
-DRAIN = 6
+FETCH = WORDS + 3  # reading an instruction's words, decoding and dispatching it
+MUL_CYCLES = 33  # an average's division: the reciprocal multiplied bit by bit, per lane
+VECTOR_DRAIN = 5  # a vector operation's last lane through the requantizer and written
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,39 @@ def _place(ins: Instr, which: str) -> Placement:
     return Placement(addr, m, off, shape, m.bits, not off)
 
 
+def _pixel_timeline(pixels: int, kc: int, gsz: int, ly: int, gw: int) -> int:
+    """Cycles of a group's pixel loop and drain (``ArrayCore``'s PIXELS and DRAIN states).
+
+    The issue stage sends `kc` words a pixel, one a cycle, except in cycles where a result
+    word is written; a pixel's last word waits until the requantizer has taken the previous
+    pixel's channels (4 + `gsz` cycles after that pixel's last word). A pixel's output word
+    ``w`` is written ``8 + (w + 1) * ly - 1`` cycles after its last word, `gw` of them."""
+    writes: deque[int] = deque()
+    t = 0
+    last = -(1 << 30)
+    for _ in range(pixels):
+        n = kc - 1
+        while n > 0:
+            while writes and writes[0] < t:
+                writes.popleft()
+            if writes and writes[0] == t:
+                t += 1
+                writes.popleft()
+                continue
+            run = min(n, (writes[0] - t) if writes else n)
+            t += run
+            n -= run
+        t = max(t, last + 4 + gsz)
+        while writes and writes[0] <= t:
+            if writes.popleft() == t:
+                t += 1
+        last = t
+        t += 1
+        writes.extend(last + 8 + (w + 1) * ly - 1 for w in range(gw))
+    final_write = gw * ly == gsz
+    return last + 1 + 7 + gsz + int(final_write)
+
+
 def cost(program: Program) -> list[LayerCost]:
     """Every instruction's counters (module docstring)."""
     cfg = program.config
@@ -95,33 +133,49 @@ def cost(program: Program) -> list[LayerCost]:
         x = _place(ins, "x")
         pixels = ins.oh * ins.ow
         if ins.op == Op.CONV:
-            k, g = lc.kernel_words, lc.group
-            groups = -(-ins.oc // g)
+            k, g = ins.k, ins.gsz
             c16 = cfg.word16_cycles if Mode(ins.mode) == Mode.B16 else 1
-            reads = writes = cycles = 0
-            for gi in range(groups):
-                words_out = -(-min(g, ins.oc - gi * g) // y.lanes)
-                reads += g * k + PARAM_WORDS * g + pixels * k
-                writes += pixels * words_out
-                cycles += g * k + PARAM_WORDS * g + DRAIN
-                cycles += pixels * max(k * c16, k + words_out, g)
-            cycles += SETUP
+            inside = _inside_taps(ins) * ins.tapw
+            reads, writes = WORDS, 0  # the instruction's own words
+            cycles = FETCH + 1  # and the final step to the next instruction
+            for gi in range(ins.groups):
+                gw = ins.lwords if gi == ins.groups - 1 else ins.gwords
+                reads += g * k + PARAM_WORDS * g + inside
+                writes += pixels * gw
+                cycles += 1 + (g * k + 2) + (PARAM_WORDS * g + 2)
+                cycles += _pixel_timeline(pixels, k * c16, g, y.lanes, gw)
             lanes = Mode(ins.mode).lanes
             capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes == 1 else 1)
             out.append(LayerCost(lc.layer, "conv" + ("-dw" if ins.has(Flag.DEPTHWISE) else ""),
                                  cycles, reads, writes, lc.macs, capacity))
         elif ins.op in (Op.MAXPOOL, Op.AVGPOOL):
             taps = _inside_taps(ins)
-            reads = taps * x.channel_words
-            writes = pixels * y.channel_words
-            out.append(LayerCost(lc.layer, Op(ins.op).name.lower(), SETUP + reads + writes,
-                                 reads, writes, 0, 0))
+            reads = WORDS + taps * x.channel_words
+            words = pixels * y.channel_words
+            per_lane = 1 if ins.op == Op.MAXPOOL else MUL_CYCLES + 1
+            per_word = ins.kh * ins.kw + 1 + per_lane * y.lanes + VECTOR_DRAIN
+            out.append(LayerCost(lc.layer, Op(ins.op).name.lower(),
+                                 FETCH + 1 + words * per_word, reads, words, 0, 0))
         elif ins.op == Op.ADD:
             words = y.words
-            out.append(LayerCost(lc.layer, "add", SETUP + 3 * words, 2 * words, words, 0, 0))
+            per_word = 3 + y.lanes + VECTOR_DRAIN
+            out.append(LayerCost(lc.layer, "add", FETCH + 1 + words * per_word,
+                                 WORDS + 2 * words, words, 0, 0))
         else:
             raise AccelgenError(f"no cost rule for op {ins.op!r}")
     return out
+
+
+def totals(program: Program) -> tuple[int, int, int]:
+    """(cycles, reads, writes) of a whole run as the hardware counts them: every instruction
+    and the END (fetched, decoded)."""
+    cs = cost(program)
+    return (sum(c.cycles for c in cs) + FETCH, sum(c.reads for c in cs) + WORDS,
+            sum(c.writes for c in cs))
+
+
+def total_cycles(program: Program) -> int:
+    return totals(program)[0]
 
 
 def _inside_taps(ins: Instr) -> int:

@@ -1,0 +1,561 @@
+"""The PE array (seed 001): a controller that runs a compiled program layer by layer on `pes`
+multi-width PEs, with every feature map, weight and parameter in one word-addressed memory.
+
+The convolution mapping
+-----------------------
+A CONV instruction's output channels are taken in groups of ``gsz`` (the array's `pes` for a
+convolution, pointwise or dense layer; one word's worth of channels for a depthwise layer), one
+output channel per PE. For each group:
+
+1. **weights**: each PE's weight buffer receives its channel's kernel, ``k`` words in the
+   order they will be used (tap by tap, row-major; within a tap the channel words); then the
+   group's parameters (bias and shift, 4 words a channel) go to the parameter buffer;
+2. **pixels**: for every output pixel, row by row, the controller reads the input words of
+   every tap, one per cycle, and *broadcasts* each to all PEs; PE ``p`` multiplies it lane by
+   lane with its weight word (``mode``: one 16-bit, two 8-bit or four 4-bit lanes per word) and
+   accumulates the dot product. A tap outside the input feeds the padding word (the code of
+   zero) without reading memory. So one memory read feeds ``gsz * lanes`` multiplications,
+   and a narrower mode packs more channels into each read: the reason lower widths need fewer
+   memory accesses as well as fewer cycles;
+3. **requantization**: when a pixel's last word has been accumulated, the PEs' accumulators
+   are copied to shadow registers (the PEs go on with the next pixel) and the requantizer
+   takes one channel per cycle: bias, shift with round half up, clamp, the output's code
+   offset; it packs the codes into words of the output's lanes and writes each word to its
+   place (a write takes the memory for a cycle; the reads wait).
+
+A depthwise group reads only its own channels' words; PE ``p``'s kernel has its weight in the
+lane of its channel and zeros elsewhere, so the same datapath computes it.
+
+Timing
+------
+Everything is counted in `accelgen.array.machine.cost`, which this hardware is tested
+against cycle for cycle; the memory has one port (one read or one write per cycle).
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accelgen.array.compiler import PARAM_WORDS, ArrayConfig
+from accelgen.array.isa import LAYOUT, WORDS, Flag, Mode, Op
+from accelgen.cores.pe import LATENCY, MultiModePE
+from accelgen.errors import ShapeError
+
+
+class ArrayCore(wiring.Component):
+    """The controller, PEs and memory (module docstring).
+
+    `image` initialises the memory (program, weights, parameters; the input may be written
+    through the ``ext_*`` port while ``busy`` is low); ``start`` runs the program from word 0;
+    ``busy`` falls when END is reached. ``cycles`` counts the cycles of the last run;
+    ``reads``/``writes`` its memory accesses (counters of the current program).
+    """
+
+    def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
+                 family: str | None = None) -> None:
+        self.config = config
+        self.image = [int(v) for v in image]
+        if len(self.image) > config.mem_words:
+            raise ShapeError(f"an image of {len(self.image)} words for a memory of "
+                             f"{config.mem_words}")
+        self.acc_bits = acc_bits
+        self.family = family
+        abits = max(1, (config.mem_words - 1).bit_length())
+        self.abits = abits
+        super().__init__({
+            "start": In(1), "busy": Out(1),
+            "ext_addr": In(abits), "ext_wdata": In(16), "ext_we": In(1), "ext_rdata": Out(16),
+            "cycles": Out(32), "reads": Out(32), "writes": Out(32),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+        P = cfg.pes
+        mem = Memory(shape=16, depth=cfg.mem_words, init=self.image)
+        m.submodules.mem = self.memory = mem
+        rd = mem.read_port()
+        wr = mem.write_port()
+        m.d.comb += self.ext_rdata.eq(rd.data)
+
+        pes = []
+        wbufs = []
+        for p in range(P):
+            pe = MultiModePE(self.acc_bits, self.family)
+            m.submodules[f"pe{p}"] = pe
+            pes.append(pe)
+            wb = Memory(shape=16, depth=cfg.wbuf_words, init=[])
+            m.submodules[f"wbuf{p}"] = wb
+            wbufs.append((wb.read_port(), wb.write_port()))
+        pbuf = Memory(shape=64, depth=P, init=[])
+        m.submodules.pbuf = pbuf
+        prd, pwr = pbuf.read_port(), pbuf.write_port()
+
+        ins = Signal(LAYOUT)
+        ibuf = Signal(16 * WORDS)
+        pc = Signal(self.abits)
+        cnt = Signal(24)  # a general counter of the current step
+
+        # ---------------------------------------------------------------- memory access
+        # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
+        # write (w_en/w_addr/w_data); the external port is used while idle
+        r_en = Signal()
+        r_addr = Signal(self.abits)
+        w_en = Signal()
+        w_addr = Signal(self.abits)
+        w_data = Signal(16)
+        with m.If(self.busy):
+            m.d.comb += [rd.en.eq(r_en), rd.addr.eq(r_addr), wr.en.eq(w_en),
+                         wr.addr.eq(w_addr), wr.data.eq(w_data)]
+        with m.Else():
+            m.d.comb += [rd.en.eq(1), rd.addr.eq(self.ext_addr), wr.en.eq(self.ext_we),
+                         wr.addr.eq(self.ext_addr), wr.data.eq(self.ext_wdata)]
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+            with m.If(r_en):
+                m.d.sync += self.reads.eq(self.reads + 1)
+            with m.If(w_en):
+                m.d.sync += self.writes.eq(self.writes + 1)
+
+        # ---------------------------------------------------------------- CONV state
+        lanes_y = Signal(3)
+        ybits = Signal(5)
+        m.d.comb += [lanes_y.eq(Const(1, 3) << ins.y_mode),
+                     ybits.eq(Const(16, 5) >> ins.y_mode)]
+        g = Signal(12)  # group
+        gw = Signal(8)  # output words of this group
+        wptr = Signal(self.abits)
+        pptr = Signal(self.abits)
+        cwb = Signal(12)  # first input word of the group within a pixel (depthwise)
+        ybase = Signal(12)  # first output word of the group within a pixel
+        lp = Signal(range(P + 1))  # loading: PE / channel
+        lk = Signal(16)  # loading: word
+        oy, ox = Signal(10), Signal(10)
+        r, c = Signal(8), Signal(8)
+        j = Signal(12)
+        ph = Signal()
+        iy0, ix0 = Signal(signed(12)), Signal(signed(12))
+        ra = Signal(signed(24))  # address of tap (0, 0) of the current row's first pixel
+        pa = Signal(signed(24))  # ... of the current pixel
+        tr = Signal(signed(24))  # ... of tap (r, 0)
+        tc = Signal(signed(24))  # ... of tap (r, c)
+        iy = Signal(signed(12))
+        ix = Signal(signed(12))
+        m.d.comb += [iy.eq(iy0 + r), ix.eq(ix0 + c)]
+        inside = Signal()
+        m.d.comb += inside.eq((iy >= 0) & (iy < ins.h) & (ix >= 0) & (ix < ins.w))
+        sixteen2 = Signal()
+        m.d.comb += sixteen2.eq((ins.mode == Mode.B16) & (cfg.word16_cycles == 2))
+
+        # issue-stage outputs, delayed to the PEs
+        iss = Signal()  # a word is issued this cycle
+        iss_first = Signal()
+        iss_last = Signal()
+        iss_in = Signal()
+        iss_ph = Signal()
+        v1, first1, last1, in1, ph1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [v1.eq(iss), first1.eq(iss_first), last1.eq(iss_last), in1.eq(iss_in),
+                     ph1.eq(iss_ph)]
+        abuf = Signal(16)  # the word of phase 0, held for phase 1
+        a_word = Signal(16)
+        m.d.comb += a_word.eq(Mux(ph1, abuf, Mux(in1, rd.data, ins.pad)))
+        with m.If(v1 & ~ph1):
+            m.d.sync += abuf.eq(a_word)
+        for p, pe in enumerate(pes):
+            rport, _ = wbufs[p]
+            m.d.comb += [pe.a.eq(a_word), pe.w.eq(rport.data), pe.mode.eq(ins.mode),
+                         pe.phase.eq(ph1), pe.valid.eq(v1), pe.clear.eq(first1 & ~ph1)]
+        # the pixel's last word reaches the accumulators LATENCY cycles after it entered
+        last_pipe = [Signal(name=f"last_d{k}") for k in range(LATENCY + 1)]
+        m.d.sync += last_pipe[0].eq(last1 & v1)
+        for k in range(LATENCY):
+            m.d.sync += last_pipe[k + 1].eq(last_pipe[k])
+        capture = Signal()
+        m.d.comb += capture.eq(last_pipe[LATENCY - 1])
+
+        # ---------------------------------------------------------------- requantizer
+        shadow = [Signal(signed(self.acc_bits), name=f"shadow{p}") for p in range(P)]
+        with m.If(capture):
+            m.d.sync += [s.eq(pe.acc) for s, pe in zip(shadow, pes, strict=True)]
+        rq_left = Signal(range(P + 1))
+        rq_p = Signal(range(P + 1))
+        gsz = Signal(8)
+        m.d.comb += gsz.eq(ins.gsz)
+        with m.If(capture):
+            m.d.sync += [rq_left.eq(gsz), rq_p.eq(0)]
+        with m.Elif(rq_left != 0):
+            m.d.sync += [rq_left.eq(rq_left - 1), rq_p.eq(rq_p + 1)]
+        # R0: parameter read, shadow selected
+        # (the vector operations feed values through vq_valid/vq_value instead: no bias, the
+        # instruction's shift)
+        vq_valid = Signal()
+        vq_value = Signal(signed(self.acc_bits))
+        vec = Signal()  # the current instruction is a vector operation
+        r0 = Signal()
+        m.d.comb += r0.eq((rq_left != 0) | vq_valid)
+        m.d.comb += [prd.addr.eq(rq_p), prd.en.eq(1)]
+        sacc = Signal(signed(self.acc_bits))
+        r1 = Signal()
+        with m.If(vq_valid):
+            m.d.sync += sacc.eq(vq_value)
+        with m.Else(), m.Switch(rq_p):
+            for p in range(P):
+                with m.Case(p):
+                    m.d.sync += sacc.eq(shadow[p])
+        m.d.sync += r1.eq(r0)
+        # R1: bias added
+        bias = Mux(vec, 0, prd.data[:48].as_signed())
+        shift = Mux(vec, ins.shift, prd.data[48:64].as_signed())
+        total = Signal(signed(max(self.acc_bits, 48) + 1))
+        sh1 = Signal(signed(16))
+        r2 = Signal()
+        m.d.sync += [total.eq(sacc + bias), sh1.eq(shift), r2.eq(r1)]
+        # R2: round half up and shift (or shift left)
+        shifted = Signal(signed(max(self.acc_bits, 48) + 2))
+        r3 = Signal()
+        right = sh1[:7]  # shifts are within 0..63 (checked by the compiler)
+        rounding = Mux(sh1 > 0, Const(1, 64) << (right - 1)[:6].as_unsigned(), 0)
+        with m.If(sh1 >= 0):
+            m.d.sync += shifted.eq((total + rounding) >> right[:6].as_unsigned())
+        with m.Else():
+            m.d.sync += shifted.eq(total << (-sh1)[:6].as_unsigned())
+        m.d.sync += r3.eq(r2)
+        # R3: clamp, code offset, into the output word
+        y = Signal(signed(18))
+        m.d.comb += y.eq(Mux(shifted < ins.lo, ins.lo, Mux(shifted > ins.hi, ins.hi, shifted)))
+        code = Signal(signed(18))
+        m.d.comb += code.eq(Mux(ins.flags & Flag.Y_OFF, y - (Const(1, 17) << (ybits - 1)[:5]), y))
+        outw = Signal(16)
+        olane = Signal(3)
+        ochan = Signal(range(P + 1))  # channels of this pixel requantized so far
+        wq = Signal()  # a word waits to be written
+        wq_data = Signal(16)
+        yaddr = Signal(self.abits)
+        owrd = Signal(8)  # words of this pixel written
+        ybits_mask = Signal(16)
+        m.d.comb += ybits_mask.eq(Mux(ins.y_mode == Mode.B16, 0xFFFF,
+                                      Mux(ins.y_mode == Mode.B8, 0x00FF, 0x000F)))
+        placed = Signal(16)
+        m.d.comb += placed.eq((code.as_unsigned()[:16] & ybits_mask)
+                              << (olane * ybits)[:4].as_unsigned())
+        word_ready = Signal()
+        write_now = Signal()  # the sequencer writes the waiting word this cycle
+        wcount = Signal(8)  # words of this pixel written
+        m.d.comb += word_ready.eq(r3 & (olane == lanes_y - 1) & (vec | (owrd < gw)))
+        with m.If(word_ready):
+            m.d.sync += [wq.eq(1), wq_data.eq(outw | placed)]
+        with m.Elif(write_now):
+            m.d.sync += wq.eq(0)
+        with m.If(write_now):
+            m.d.comb += [w_en.eq(1), w_addr.eq(yaddr), w_data.eq(wq_data)]
+            with m.If(wcount == gw - 1):
+                m.d.sync += [wcount.eq(0), yaddr.eq(yaddr + Mux(vec, 1, ins.ycw - gw + 1))]
+            with m.Else():
+                m.d.sync += [wcount.eq(wcount + 1), yaddr.eq(yaddr + 1)]
+        with m.If(r3):
+            with m.If(olane == lanes_y - 1):
+                m.d.sync += [olane.eq(0), outw.eq(0)]
+            with m.Else():
+                m.d.sync += [olane.eq(olane + 1), outw.eq(outw | placed)]
+            m.d.sync += ochan.eq(Mux(ochan == gsz - 1, 0, ochan + 1))
+            with m.If(olane == lanes_y - 1):
+                m.d.sync += owrd.eq(Mux(ochan == gsz - 1, 0, owrd + 1))
+        rq_busy = Signal()
+        m.d.comb += rq_busy.eq(r0 | r1 | r2 | r3 | wq | capture | last_pipe[0] | v1)
+        in_flight = Signal()  # a pixel's last word on its way to the shadow registers
+        m.d.comb += in_flight.eq((last1 & v1) | last_pipe[0] | capture)
+
+        # ---------------------------------------------------------------- vector unit
+        vi = Signal(24)  # ADD: word
+        va, vb = Signal(16), Signal(16)
+        vk = Signal(3)  # lane
+        pv, pfirst = Signal(), Signal()  # a pool tap's word arrives / is the window's first
+        first_tap = Signal(init=1)
+        lane_acc = [Signal(signed(34), name=f"lane_acc{k}") for k in range(4)]
+        mi = Signal(6)
+        mp = Signal(signed(72))
+        mt = Signal(signed(72))
+
+        def lane_value(word, k, mode, off):
+            """Lane `k` of `word` in `mode`, decoded (offset codes back to values)."""
+            v16 = word.as_signed()
+            v8 = word.word_select(k[:1], 8).as_signed()
+            v4 = word.word_select(k[:2], 4).as_signed()
+            return Mux(mode == Mode.B16, v16 + Mux(off, 1 << 15, 0),
+                       Mux(mode == Mode.B8, v8 + Mux(off, 1 << 7, 0), v4 + Mux(off, 1 << 3, 0)))
+
+        x_off, x2_off = Signal(), Signal()
+        m.d.comb += [x_off.eq((ins.flags & Flag.X_OFF) != 0),
+                     x2_off.eq((ins.flags & Flag.X2_OFF) != 0)]
+        for k in range(4):
+            val = lane_value(rd.data, Const(k, 3), ins.mode, x_off)
+            with m.If(pv):
+                with m.If(pfirst):
+                    m.d.sync += lane_acc[k].eq(val)
+                with m.Elif(ins.op == Op.MAXPOOL):
+                    m.d.sync += lane_acc[k].eq(Mux(val > lane_acc[k], val, lane_acc[k]))
+                with m.Else():
+                    m.d.sync += lane_acc[k].eq(lane_acc[k] + val)
+        lane_acc_sel = Signal(signed(34))
+        with m.Switch(vk):
+            for k in range(4):
+                with m.Case(k):
+                    m.d.comb += lane_acc_sel.eq(lane_acc[k])
+
+        # ---------------------------------------------------------------- sequencer
+        with m.FSM():
+            with m.State("IDLE"), m.If(self.start):
+                m.d.sync += [self.busy.eq(1), pc.eq(0), cnt.eq(0), self.cycles.eq(0),
+                             self.reads.eq(0), self.writes.eq(0)]
+                m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(cnt < WORDS):
+                    m.d.comb += [r_en.eq(1), r_addr.eq(pc + cnt)]
+                with m.If(cnt != 0):
+                    m.d.sync += ibuf.eq(Cat(ibuf[16:], rd.data))
+                m.d.sync += cnt.eq(cnt + 1)
+                with m.If(cnt == WORDS):
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [ins.eq(ibuf), cnt.eq(0)]
+                m.next = "DISPATCH"
+            with m.State("DISPATCH"), m.Switch(ins.op):
+                with m.Case(Op.CONV):
+                    m.d.sync += [g.eq(0), wptr.eq(ins.w_addr), pptr.eq(ins.p_addr),
+                                 cwb.eq(0), ybase.eq(0)]
+                    m.next = "GROUP"
+                with m.Case(Op.END):
+                    m.d.sync += self.busy.eq(0)
+                    m.next = "IDLE"
+                with m.Case(Op.ADD):
+                    m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
+                                 wcount.eq(0), olane.eq(0), outw.eq(0)]
+                    m.next = "ADD_A"
+                with m.Case(Op.MAXPOOL, Op.AVGPOOL):
+                    m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), wcount.eq(0),
+                                 olane.eq(0), outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
+                                 c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
+                                 ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
+                                 tc.eq(ins.org)]
+                    m.next = "POOL_TAP"
+                with m.Default():
+                    m.next = "NEXT"
+            with m.State("GROUP"):
+                m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0),
+                             gw.eq(Mux(g == ins.groups - 1, ins.lwords, ins.gwords)),
+                             yaddr.eq(ins.y_addr + ybase), owrd.eq(0), olane.eq(0),
+                             wcount.eq(0),
+                             outw.eq(0), ochan.eq(0)]
+                m.next = "LOADW"
+            with m.State("LOADW"):
+                # read word (lp, lk) of the group's kernels; write it to PE lp's buffer a
+                # cycle later
+                issue = Signal()
+                m.d.comb += issue.eq(lp < gsz)
+                with m.If(issue):
+                    m.d.comb += [r_en.eq(1), r_addr.eq(wptr)]
+                    m.d.sync += wptr.eq(wptr + 1)
+                    with m.If(lk == ins.k - 1):
+                        m.d.sync += [lk.eq(0), lp.eq(lp + 1)]
+                    with m.Else():
+                        m.d.sync += lk.eq(lk + 1)
+                wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal(16)
+                m.d.sync += [wl_v.eq(issue), wl_p.eq(lp), wl_k.eq(lk)]
+                for p in range(P):
+                    _, wport = wbufs[p]
+                    m.d.comb += [wport.addr.eq(wl_k), wport.data.eq(rd.data),
+                                 wport.en.eq(wl_v & (wl_p == p))]
+                with m.If(~issue & ~wl_v):
+                    m.d.sync += [cnt.eq(0), lp.eq(0)]
+                    m.next = "LOADP"
+            with m.State("LOADP"):
+                issue = Signal()
+                m.d.comb += issue.eq(cnt < gsz * PARAM_WORDS)
+                with m.If(issue):
+                    m.d.comb += [r_en.eq(1), r_addr.eq(pptr)]
+                    m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1)]
+                pl_v, pl_n = Signal(), Signal(24)
+                m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt)]
+                pacc = Signal(64)
+                with m.If(pl_v):
+                    m.d.sync += pacc.eq(Cat(pacc[16:], rd.data))
+                m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(Cat(pacc[16:], rd.data)),
+                             pwr.en.eq(pl_v & (pl_n[:2] == 3))]
+                with m.If(~issue & ~pl_v):
+                    m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
+                                 iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(ins.org),
+                                 pa.eq(ins.org), tr.eq(ins.org), tc.eq(ins.org)]
+                    m.next = "PIXELS"
+            with m.State("PIXELS"):
+                last_word = Signal()
+                m.d.comb += last_word.eq((j == ins.tapw - 1) & (c == ins.kw - 1)
+                                         & (r == ins.kh - 1) & (~sixteen2 | ph))
+                first_word = Signal()
+                m.d.comb += first_word.eq((j == 0) & (c == 0) & (r == 0) & ~ph)
+                # a write takes the memory this cycle; a pixel's last word waits until the
+                # requantizer has read every shadow register of the pixel before
+                hold = Signal()
+                m.d.comb += [hold.eq(wq | (last_word & ((rq_left != 0) | in_flight))),
+                             write_now.eq(wq)]
+                with m.If(~hold):
+                    m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
+                                 iss_in.eq(inside), iss_ph.eq(ph)]
+                    with m.If(inside & ~ph):
+                        m.d.comb += [r_en.eq(1), r_addr.eq((tc + cwb + j).as_unsigned())]
+                    kidx = Signal(16)  # the word's index in the kernel
+                    kcount = Signal(16)
+                    m.d.comb += kidx.eq(kcount)
+                    for p in range(P):
+                        rport, _ = wbufs[p]
+                        m.d.comb += [rport.addr.eq(kidx), rport.en.eq(1)]
+                    with m.If(sixteen2 & ~ph):
+                        m.d.sync += ph.eq(1)
+                    with m.Else():
+                        m.d.sync += ph.eq(0)
+                        m.d.sync += kcount.eq(Mux(last_word, 0, kcount + 1))
+                        with m.If(j != ins.tapw - 1):
+                            m.d.sync += j.eq(j + 1)
+                        with m.Else():
+                            m.d.sync += j.eq(0)
+                            with m.If(c != ins.kw - 1):
+                                m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
+                            with m.Else():
+                                m.d.sync += c.eq(0)
+                                with m.If(r != ins.kh - 1):
+                                    m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row),
+                                                 tc.eq(tr + ins.row)]
+                                with m.Else():
+                                    m.d.sync += r.eq(0)
+                                    # next pixel
+                                    with m.If(ox != ins.ow - 1):
+                                        m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw),
+                                                     pa.eq(pa + ins.scw), tr.eq(pa + ins.scw),
+                                                     tc.eq(pa + ins.scw)]
+                                    with m.Else():
+                                        m.d.sync += [ox.eq(0), ix0.eq(-ins.pl),
+                                                     oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
+                                                     ra.eq(ra + ins.srow),
+                                                     pa.eq(ra + ins.srow),
+                                                     tr.eq(ra + ins.srow),
+                                                     tc.eq(ra + ins.srow)]
+                                        with m.If(oy == ins.oh - 1):
+                                            m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.comb += write_now.eq(wq)
+                with m.If(~rq_busy):
+                    with m.If(g == ins.groups - 1):
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.d.sync += [g.eq(g + 1), ybase.eq(ybase + ins.gwords),
+                                     cwb.eq(cwb + Mux(ins.flags & Flag.DEPTHWISE, ins.tapw,
+                                                      0))]
+                        m.next = "GROUP"
+            # ---- ADD: per word, read both inputs, send the lanes' aligned sums through the
+            # requantizer, wait for the word to be written
+            with m.State("ADD_A"):
+                m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
+                m.next = "ADD_B"
+            with m.State("ADD_B"):
+                m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
+                m.d.sync += va.eq(rd.data)
+                m.next = "ADD_C"
+            with m.State("ADD_C"):
+                m.d.sync += [vb.eq(rd.data), vk.eq(0)]
+                m.next = "ADD_LANES"
+            with m.State("ADD_LANES"):
+                m.d.comb += [vq_valid.eq(1),
+                             vq_value.eq((lane_value(va, vk, ins.mode, x_off) << ins.align)
+                                         + (lane_value(vb, vk, ins.x2_mode, x2_off)
+                                            << ins.align2))]
+                m.d.sync += vk.eq(vk + 1)
+                with m.If(vk == lanes_y - 1):
+                    m.next = "ADD_WAIT"
+            with m.State("ADD_WAIT"):
+                m.d.comb += write_now.eq(wq)
+                with m.If(~rq_busy):
+                    m.d.sync += vi.eq(vi + 1)
+                    with m.If(vi == ins.k - 1):  # (k: the output's words)
+                        m.next = "NEXT"
+                    with m.Else():
+                        m.next = "ADD_A"
+            # ---- pools: per output pixel and channel word, one cycle per window tap (a read
+            # where it is inside), then the lanes (an average divided by the reciprocal, bit
+            # by bit) through the requantizer's clamp and code
+            with m.State("POOL_TAP"):
+                with m.If(inside):
+                    m.d.comb += [r_en.eq(1), r_addr.eq((tc + j).as_unsigned())]
+                m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
+                with m.If(inside):
+                    m.d.sync += first_tap.eq(0)
+                with m.If(c != ins.kw - 1):
+                    m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
+                with m.Else():
+                    m.d.sync += c.eq(0)
+                    with m.If(r != ins.kh - 1):
+                        m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
+                    with m.Else():
+                        m.d.sync += [r.eq(0), tr.eq(pa), tc.eq(pa)]
+                        m.next = "POOL_LAST"
+            with m.State("POOL_LAST"):
+                m.d.sync += [pv.eq(0), vk.eq(0), mi.eq(0), first_tap.eq(1)]
+                with m.If(ins.op == Op.AVGPOOL):
+                    m.next = "POOL_MUL"
+                with m.Else():
+                    m.next = "POOL_LANES"
+            with m.State("POOL_MUL"):
+                # t = 2 * sum + rc (non-negative), times rm bit by bit
+                with m.If(mi == 0):
+                    m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
+                with m.Else():
+                    with m.If(ins.rm.bit_select((mi - 1)[:5].as_unsigned(), 1)):
+                        m.d.sync += mp.eq(mp + mt)
+                    m.d.sync += mt.eq(mt << 1)
+                m.d.sync += mi.eq(mi + 1)
+                with m.If(mi == 32):
+                    m.d.sync += mi.eq(0)
+                    m.next = "POOL_DIV"
+            with m.State("POOL_DIV"):
+                m.d.comb += [vq_valid.eq(1), vq_value.eq((mp >> ins.rk) - ins.rbig)]
+                m.d.sync += vk.eq(vk + 1)
+                with m.If(vk == lanes_y - 1):
+                    m.next = "POOL_WAIT"
+                with m.Else():
+                    m.next = "POOL_MUL"
+            with m.State("POOL_LANES"):
+                m.d.comb += [vq_valid.eq(1), vq_value.eq(lane_acc_sel)]
+                m.d.sync += vk.eq(vk + 1)
+                with m.If(vk == lanes_y - 1):
+                    m.next = "POOL_WAIT"
+            with m.State("POOL_WAIT"):
+                m.d.comb += write_now.eq(wq)
+                with m.If(~rq_busy):
+                    # next channel word, pixel, row
+                    with m.If(j != ins.xcw - 1):
+                        m.d.sync += j.eq(j + 1)
+                        m.next = "POOL_TAP"
+                    with m.Else():
+                        m.d.sync += j.eq(0)
+                        with m.If(ox != ins.ow - 1):
+                            m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw),
+                                         pa.eq(pa + ins.scw), tr.eq(pa + ins.scw),
+                                         tc.eq(pa + ins.scw)]
+                            m.next = "POOL_TAP"
+                        with m.Else():
+                            m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1),
+                                         iy0.eq(iy0 + ins.sh), ra.eq(ra + ins.srow),
+                                         pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
+                                         tc.eq(ra + ins.srow)]
+                            with m.If(oy == ins.oh - 1):
+                                m.next = "NEXT"
+                            with m.Else():
+                                m.next = "POOL_TAP"
+            with m.State("NEXT"):
+                m.d.sync += [pc.eq(pc + WORDS), cnt.eq(0), vec.eq(0)]
+                m.next = "FETCH"
+        return m
+
+
+__all__ = ["ArrayCore", "unsigned"]

@@ -1,0 +1,99 @@
+"""The PE array's hardware (`ArrayCore`) against its instruction-level model, in pysim.
+
+After a run, every memory word equals the machine model's (which equals golden on the
+outputs), and the hardware's counters (cycles, reads, writes) equal the cost model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from accelgen.array.compiler import ArrayConfig, compile_graph, to_words
+from accelgen.array.machine import execute, totals
+from accelgen.compress import QuantConfig, quantize
+from accelgen.cores.pe_array import ArrayCore
+from tests.test_array import _golden_outputs, _net
+
+
+def run_core(program, x: np.ndarray, family: str | None) -> dict:
+    """Load `x` (1, H, W, C) next to the program's image, run, read memory and counters."""
+    image = np.zeros(program.words, np.int64)
+    image[:program.image.size] = program.image
+    place = program.tensors[program.input]
+    image[place.addr:place.addr + place.words] = to_words(x, place)[0]
+    dut = ArrayCore(program.config, image, acc_bits=48, family=family)
+    out: dict = {}
+
+    async def bench(ctx):
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        limit = 20 * totals(program)[0] + 1000
+        for _ in range(limit):
+            if not ctx.get(dut.busy):
+                break
+            await ctx.tick()
+        else:
+            raise AssertionError("the array did not finish")
+        out["mem"] = np.array([ctx.get(dut.memory.data[i]) for i in range(program.words)])
+        out["counters"] = (ctx.get(dut.cycles), ctx.get(dut.reads), ctx.get(dut.writes))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def _compare(qg, config: ArrayConfig, family: str | None, seed: int) -> None:
+    program = compile_graph(qg, config)
+    t = qg.tensors[qg.inputs[0].tensor]
+    x = np.random.default_rng(seed).integers(t.qmin, t.qmax + 1, size=(1, *t.shape))
+    y, mem = execute(program, x, memory=True)
+    got = run_core(program, x, family)
+    assert np.array_equal(got["mem"], mem[0] & 0xFFFF)
+    assert got["counters"] == totals(program)
+    qo = qg.outputs[0]
+    assert np.array_equal(y.reshape(1, -1)[:, qo.layout.reshape(-1)], _golden_outputs(qg, x))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(c_in=st.integers(1, 3), c1=st.sampled_from([4, 6, 8]),
+       k=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 2),
+       pads=st.lists(st.integers(0, 1), min_size=4, max_size=4), depthwise=st.booleans(),
+       residual=st.booleans(), pool=st.sampled_from(["none", "max", "avg"]),
+       bits=st.lists(st.sampled_from([4, 5, 8, 12, 16]), min_size=6, max_size=6),
+       pes=st.sampled_from([4, 8]), family=st.sampled_from([None, "ice40"]),
+       seed=st.integers(0, 2**16))
+def test_array_core_equals_machine_model(c_in, c1, k, stride, pads, depthwise, residual, pool,
+                                         bits, pes, family, seed) -> None:
+    """Random small networks (every layer at its own width), on 4 or 8 PEs, behavioural or
+    with the iCE40 PE's two-cycle 16-bit products: memory, outputs and counters."""
+    hw = 5
+    if residual:
+        stride, k, pads = 1, (3, 3), [1, 1, 1, 1]
+    rng = np.random.default_rng(seed)
+    graph = _net(rng, c_in, c1, k, stride, pads, depthwise, residual, pool, hw)
+    layer_bits = dict(zip([la.name for la in graph.layers], bits * 4, strict=False))
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, c_in, hw, hw)).astype(np.float32),
+                     QuantConfig(weight_bits=bits[0], act_bits=bits[1], calibration="max",
+                                 layer_bits=layer_bits))
+    config = ArrayConfig(pes=pes, mem_words=4096, wbuf_words=256,
+                         word16_cycles=2 if family == "ice40" else 1)
+    _compare(qg, config, family, seed)
+
+
+@pytest.mark.parametrize(("bits", "family"), [(8, None), (4, "ice40"), (16, "ice40")])
+def test_residual_block_with_pools(bits: int, family: str | None) -> None:
+    """Stem, depthwise, pointwise, residual add, max pool, global average pool, dense."""
+    rng = np.random.default_rng(3)
+    graph = _net(rng, 3, 8, (3, 3), 1, [1, 1, 1, 1], True, True, "max", 8)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32),
+                     QuantConfig(weight_bits=bits, act_bits=bits, calibration="max"))
+    config = ArrayConfig(pes=8, mem_words=8192, wbuf_words=512,
+                         word16_cycles=2 if family == "ice40" else 1)
+    _compare(qg, config, family, 3)
