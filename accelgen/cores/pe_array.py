@@ -305,6 +305,24 @@ class ArrayCore(wiring.Component):
                 with m.Case(k):
                     m.d.comb += lane_acc_sel.eq(lane_acc[k])
 
+        def next_pixel(after_last: str, otherwise: str | None) -> None:
+            """Step to the next output pixel (row-major) and its tap addresses; after the last
+            pixel go to state `after_last`, else to `otherwise` (None: stay)."""
+            with m.If(ox != ins.ow - 1):
+                m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw), pa.eq(pa + ins.scw),
+                             tr.eq(pa + ins.scw), tc.eq(pa + ins.scw)]
+                if otherwise:
+                    m.next = otherwise
+            with m.Else():
+                m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
+                             ra.eq(ra + ins.srow), pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
+                             tc.eq(ra + ins.srow)]
+                with m.If(oy == ins.oh - 1):
+                    m.next = after_last
+                if otherwise:
+                    with m.Else():
+                        m.next = otherwise
+
         # ---------------------------------------------------------------- sequencer
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
@@ -429,20 +447,7 @@ class ArrayCore(wiring.Component):
                                                  tc.eq(tr + ins.row)]
                                 with m.Else():
                                     m.d.sync += r.eq(0)
-                                    # next pixel
-                                    with m.If(ox != ins.ow - 1):
-                                        m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw),
-                                                     pa.eq(pa + ins.scw), tr.eq(pa + ins.scw),
-                                                     tc.eq(pa + ins.scw)]
-                                    with m.Else():
-                                        m.d.sync += [ox.eq(0), ix0.eq(-ins.pl),
-                                                     oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
-                                                     ra.eq(ra + ins.srow),
-                                                     pa.eq(ra + ins.srow),
-                                                     tr.eq(ra + ins.srow),
-                                                     tc.eq(ra + ins.srow)]
-                                        with m.If(oy == ins.oh - 1):
-                                            m.next = "DRAIN"
+                                    next_pixel("DRAIN", None)
             with m.State("DRAIN"):
                 m.d.comb += write_now.eq(wq)
                 with m.If(~rq_busy):
@@ -538,20 +543,7 @@ class ArrayCore(wiring.Component):
                         m.next = "POOL_TAP"
                     with m.Else():
                         m.d.sync += j.eq(0)
-                        with m.If(ox != ins.ow - 1):
-                            m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw),
-                                         pa.eq(pa + ins.scw), tr.eq(pa + ins.scw),
-                                         tc.eq(pa + ins.scw)]
-                            m.next = "POOL_TAP"
-                        with m.Else():
-                            m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1),
-                                         iy0.eq(iy0 + ins.sh), ra.eq(ra + ins.srow),
-                                         pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
-                                         tc.eq(ra + ins.srow)]
-                            with m.If(oy == ins.oh - 1):
-                                m.next = "NEXT"
-                            with m.Else():
-                                m.next = "POOL_TAP"
+                        next_pixel("NEXT", "POOL_TAP")
             with m.State("NEXT"):
                 m.d.sync += [pc.eq(pc + WORDS), cnt.eq(0), vec.eq(0)]
                 m.next = "FETCH"
