@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accelgen.array.compiler import ArrayConfig, compile_graph, to_words
-from accelgen.array.machine import execute, totals
+from accelgen.array.machine import cost, execute, totals
 from accelgen.compress import QuantConfig, quantize
-from accelgen.cores.pe_array import ArrayCore
+from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore
 from tests.test_array import _golden_outputs, _net
 
 
@@ -41,6 +41,12 @@ def run_core(program, x: np.ndarray, family: str | None) -> dict:
             raise AssertionError("the array did not finish")
         out["mem"] = np.array([ctx.get(dut.memory.data[i]) for i in range(program.words)])
         out["counters"] = (ctx.get(dut.cycles), ctx.get(dut.reads), ctx.get(dut.writes))
+        words = []
+        for i in range(COUNTER_WORDS * len(program.code)):
+            ctx.set(dut.cnt_addr, i)
+            words.append(ctx.get(dut.cnt_rdata))
+        w = np.array(words).reshape(-1, 3, 2)
+        out["layers"] = [tuple(int(v) for v in row) for row in w[..., 0] | (w[..., 1] << 16)]
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -57,6 +63,7 @@ def _compare(qg, config: ArrayConfig, family: str | None, seed: int) -> None:
     got = run_core(program, x, family)
     assert np.array_equal(got["mem"], mem[0] & 0xFFFF)
     assert got["counters"] == totals(program)
+    assert got["layers"] == [(c.cycles, c.reads, c.writes) for c in cost(program)]
     qo = qg.outputs[0]
     assert np.array_equal(y.reshape(1, -1)[:, qo.layout.reshape(-1)], _golden_outputs(qg, x))
 

