@@ -6,16 +6,22 @@ outputs), and the hardware's counters (cycles, reads, writes) equal the cost mod
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from accelgen import golden
 from accelgen.array.compiler import ArrayConfig, compile_graph, to_words
 from accelgen.array.machine import cost, execute, totals
 from accelgen.compress import QuantConfig, quantize
 from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore
+from accelgen.frontend import load_model
+from tests.onnx_helpers import MLPERF
 from tests.test_array import _golden_outputs, _net
 
 
@@ -104,3 +110,62 @@ def test_residual_block_with_pools(bits: int, family: str | None) -> None:
     config = ArrayConfig(pes=8, mem_words=8192, wbuf_words=512,
                          word16_cycles=2 if family == "ice40" else 1)
     _compare(qg, config, family, 3)
+
+
+# ------------------------------------------------------------------ whole models, compiled
+
+needs_verilator = pytest.mark.skipif(
+    shutil.which("verilator") is None and not os.environ.get("CI"),
+    reason="Verilator is not installed (apt-get install verilator); CI installs it",
+)
+UP5K = ArrayConfig(pes=8, mem_words=65536, wbuf_words=512, word16_cycles=2)
+
+
+def _whole(qg, n: int = 2) -> None:
+    from accelgen.sim.array import simulate_array
+
+    program = compile_graph(qg, UP5K)
+    t = qg.tensors[qg.inputs[0].tensor]
+    x = np.random.default_rng(5).integers(t.qmin, t.qmax + 1, size=(n, *t.shape))
+    r = simulate_array(program, x, family="ice40")
+    want = golden.run_ir(qg, {qg.inputs[0].tensor: x})[qg.outputs[0].tensor]
+    assert np.array_equal(r.outputs, want)
+    assert all(tuple(c) == totals(program) for c in r.counters)
+    model = [(c.cycles, c.reads, c.writes) for c in cost(program)]
+    assert all([tuple(row) for row in layers] == model for layers in r.layer_counters)
+
+
+@needs_verilator
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_default_model_on_the_up5k_array_compiled(bits: int) -> None:
+    """The default model on the iCEBreaker's array (iCE40 PEs: 16-bit products in two
+    cycles), through Verilator: outputs equal golden, counters equal the model per layer."""
+    from accelgen.cli import quantized_for
+
+    _whole(quantized_for("dscnn_fmnist", calib=None, bits=bits))
+
+
+@needs_verilator
+@pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_resnet8_on_the_up5k_array_compiled(bits: int) -> None:
+    """MLPerf Tiny ResNet-8, which the streaming pipeline cannot hold on the UP5K, on its
+    array at 8 and 4 bits (16 bits needs twice the memory)."""
+    graph = load_model(MLPERF / "pretrainedResnet.onnx")
+    rng = np.random.default_rng(0)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32),
+                     QuantConfig(weight_bits=bits, act_bits=bits))
+    _whole(qg)
+
+
+@needs_verilator
+@pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
+def test_resnet8_mixed_widths_on_the_up5k_array_compiled() -> None:
+    graph = load_model(MLPERF / "pretrainedResnet.onnx")
+    names = [la.name for la in graph.layers]
+    bits = dict.fromkeys(names, 4)
+    bits[names[0]] = 8
+    rng = np.random.default_rng(0)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32),
+                     QuantConfig(layer_bits=bits))
+    _whole(qg)

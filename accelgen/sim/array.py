@@ -1,8 +1,9 @@
 """The PE array in the compiled simulator: whole models, whole data sets.
 
-`compile_array` turns an `ArrayCore` (its memory initialised with the program's image) into a
-Verilator model linked with ``array_driver.cc`` into one shared library, cached like the
-pipeline's models (`accelgen.sim.compiled`). `simulate_array` runs a batch of input codes
+`compile_array` turns an `ArrayCore` into a Verilator model linked with ``array_driver.cc``
+into one shared library, cached like the pipeline's models (`accelgen.sim.compiled`); the
+model depends on the array's shape only, and the program's image is written into its memory
+before the first image. `simulate_array` runs a batch of input codes
 through it: the outputs (values, (N, OH, OW, OC)) and each image's hardware counters.
 """
 
@@ -91,7 +92,9 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
                    stop: threading.Event | None = None) -> ArrayResult:
     """Run input codes `x` (N, H, W, C) through the compiled array for `program`."""
     x = np.asarray(x, np.int64)
-    core = ArrayCore(program.config, program.image, acc_bits=acc_bits, family=family)
+    # the model is the array alone (its memory empty): one compiled model serves every
+    # program for this array; the program's image is written through the external port
+    core = ArrayCore(program.config, (), acc_bits=acc_bits, family=family)
     design = compile_array(core, stop)
     dll = ctypes.CDLL(str(design.library))
     dll.ag_array_new.restype = ctypes.c_void_p
@@ -111,8 +114,11 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
     layers = min(len(program.code), core.max_layers)
     layer_words = np.zeros((n, layers * COUNTER_WORDS), np.uint16)
     sim_cycles = ctypes.c_uint64(0)
+    dll.ag_array_load.argtypes = [ctypes.c_void_p, u16p, ctypes.c_uint32]
+    image = np.ascontiguousarray(program.image.astype(np.uint16))
     handle = dll.ag_array_new()
     try:
+        dll.ag_array_load(handle, image.ctypes.data_as(u16p), image.size)
         t0 = time.perf_counter()
         rc = dll.ag_array_run(handle, n, words_in.ctypes.data_as(u16p), inp.addr, inp.words,
                               out.addr, out.words, words_out.ctypes.data_as(u16p),

@@ -45,6 +45,18 @@ void *ag_array_new() {
 void ag_array_free(void *p) { delete static_cast<Sim *>(p); }
 
 // returns 0, or 1 when an image did not finish within `max_cycles`
+// writes `words` words of `image` from address 0 (the program, weights, parameters)
+void ag_array_load(void *p, const uint16_t *image, uint32_t words) {
+  Sim &s = *static_cast<Sim *>(p);
+  s.top.ext_we = 1;
+  for (uint32_t i = 0; i < words; i++) {
+    s.top.ext_addr = i;
+    s.top.ext_wdata = image[i];
+    s.tick();
+  }
+  s.top.ext_we = 0;
+}
+
 int ag_array_run(void *p, uint32_t n, const uint16_t *inputs, uint32_t in_addr,
                  uint32_t in_words, uint32_t out_addr, uint32_t out_words, uint16_t *outputs,
                  uint32_t *counters, uint32_t layer_words, uint16_t *layer_counters,
