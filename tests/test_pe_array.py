@@ -50,6 +50,7 @@ def run_core(program, x: np.ndarray, family: str | None) -> dict:
         words = []
         for i in range(COUNTER_WORDS * len(program.code)):
             ctx.set(dut.cnt_addr, i)
+            await ctx.tick()
             words.append(ctx.get(dut.cnt_rdata))
         w = np.array(words).reshape(-1, 3, 2)
         out["layers"] = [tuple(int(v) for v in row) for row in w[..., 0] | (w[..., 1] << 16)]

@@ -47,13 +47,23 @@ from accelgen.errors import ShapeError
 COUNTER_WORDS = 6  # per layer: cycles, reads, writes, 32 bits each
 
 
+class _PortView:
+    """The address/enable/data signals of a memory port, for a RAM that has one port."""
+
+    def __init__(self, data) -> None:
+        self.addr = Signal(24)
+        self.en = Signal()
+        self.data = data if data is not None else Signal(16)
+
+
 class ArrayCore(wiring.Component):
     """The controller, PEs and memory (module docstring).
 
     `image` initialises the memory (program, weights, parameters; the input may be written
     through the ``ext_*`` port while ``busy`` is low); ``start`` runs the program from word 0;
     ``busy`` falls when END is reached. ``cycles`` counts the cycles of the last run;
-    ``reads``/``writes`` its memory accesses (counters of the current program).
+    ``reads``/``writes`` its memory accesses; ``cnt_rdata`` is word ``cnt_addr`` of the
+    per-layer counters (a cycle after the address).
     """
 
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
@@ -80,10 +90,23 @@ class ArrayCore(wiring.Component):
         m = Module()
         cfg = self.config
         P = cfg.pes
-        mem = Memory(shape=16, depth=cfg.mem_words, init=self.image)
-        m.submodules.mem = self.memory = mem
-        rd = mem.read_port()
-        wr = mem.write_port()
+        # the memory: one port, read data the cycle after its address. On an iCE40 board it
+        # is SPRAM (no initial value: the host loads the program); elsewhere block RAM,
+        # initialised with `image`
+        if self.family == "ice40" and platform is not None:
+            from accelgen.memory.spram import SinglePortRam
+
+            ram = SinglePortRam(cfg.mem_words, 16, "ice40")
+            m.submodules.mem = ram
+            rd = _PortView(ram.rdata)
+            wr = _PortView(None)
+            m.d.comb += [ram.addr.eq(Mux(wr.en, wr.addr, rd.addr)), ram.we.eq(wr.en),
+                         ram.wdata.eq(wr.data)]
+        else:
+            mem = Memory(shape=16, depth=cfg.mem_words, init=self.image)
+            m.submodules.mem = self.memory = mem
+            rd = mem.read_port()
+            wr = mem.write_port()
         m.d.comb += self.ext_rdata.eq(rd.data)
 
         pes = []
@@ -104,7 +127,7 @@ class ArrayCore(wiring.Component):
         # one word a cycle while the fetch goes on; read through cnt_addr/cnt_rdata
         cmem = Memory(shape=16, depth=COUNTER_WORDS * self.max_layers, init=[])
         m.submodules.counters = cmem
-        crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
+        crd, cwr = cmem.read_port(), cmem.write_port()
         m.d.comb += [crd.addr.eq(self.cnt_addr), self.cnt_rdata.eq(crd.data)]
         snap = [Signal(32, name=f"snap_{n}") for n in ("cycles", "reads", "writes")]
         layer = Signal(range(self.max_layers + 1))
