@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from onnx import helper
 
@@ -44,7 +44,14 @@ def _random_inputs(qg, n: int, seed: int) -> np.ndarray:
 
 
 def _check(qg, config: ArrayConfig = BIG, n: int = 2, seed: int = 0):
-    program = compile_graph(qg, config)
+    refused = ""
+    try:
+        program = compile_graph(qg, config)
+    except NotOnArray as e:  # extreme mixed widths: shifts the array refuses, by name
+        refused = str(e)
+    if refused:
+        assert "shift" in refused or "alignment" in refused
+        reject()
     x = _random_inputs(qg, n, seed)
     got = run_graph_outputs(program, qg, x)
     assert np.array_equal(got, _golden_outputs(qg, x))

@@ -41,6 +41,9 @@ from accelgen.quantized import (
 
 PARAM_WORDS = 4  # per output channel: bias (48 bits, three words) and shift
 BIAS_BITS = 48
+MAX_RIGHT_SHIFT = 31  # the requantizer's shifts: right by 0..31 (rounding), left by 1..15
+MAX_LEFT_SHIFT = 15
+MAX_ALIGN = 7  # an add's input alignment (left shift)
 
 
 class NotOnArray(AccelgenError):
@@ -310,6 +313,14 @@ def _conv_words(layer: QConv | QDense, x: Placement, y_mode: Mode, pes: int
     return words, kh * kw * cw, pes
 
 
+def _check_shift(name: str, shifts) -> None:
+    s = np.atleast_1d(np.asarray(shifts, np.int64))
+    if s.size and (s.min() < -MAX_LEFT_SHIFT or s.max() > MAX_RIGHT_SHIFT):
+        bad = int(s.min()) if s.min() < -MAX_LEFT_SHIFT else int(s.max())
+        raise NotOnArray(f"layer {name!r}: requantization shift {bad} is outside the array's "
+                         f"-{MAX_LEFT_SHIFT}..{MAX_RIGHT_SHIFT}")
+
+
 def _param_words(layer: QConv | QDense, x: Placement, n_channels: int) -> np.ndarray:
     """Per output channel: the bias with the input's code offset folded in, and the shift."""
     c_out = layer.weight.shape[0]
@@ -319,8 +330,7 @@ def _param_words(layer: QConv | QDense, x: Placement, n_channels: int) -> np.nda
     if bias.size and (bias.min() < -lim or bias.max() >= lim):
         raise NotOnArray(f"layer {layer.name!r}: a bias does not fit {BIAS_BITS} bits")
     shifts = np.asarray(layer.shift, np.int64)
-    if shifts.size and (shifts.min() < -32768 or shifts.max() > 32767):
-        raise NotOnArray(f"layer {layer.name!r}: shift out of range")
+    _check_shift(layer.name, shifts)
     out = np.zeros((n_channels, PARAM_WORDS), np.int64)
     b = bias & ((1 << BIAS_BITS) - 1)
     out[:c_out, 0] = b & 0xFFFF
@@ -468,6 +478,10 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
                       lwords=y.channel_words - (groups - 1) * gwords, **common)
         return LayerCode(la.name, instr, macs, gsz, k)
     if isinstance(la, QAdd):
+        _check_shift(la.name, la.shift)
+        if max(la.align) > MAX_ALIGN:
+            raise NotOnArray(f"layer {la.name!r}: input alignment {max(la.align)} is above "
+                             f"the array's {MAX_ALIGN}")
         x2 = places[la.inputs[1]]
         flags |= Flag.X2_OFF if x2.offset else 0
         instr = Instr(op=Op.ADD, flags=int(flags), x2_mode=int(x2.mode), x2_addr=x2.addr,

@@ -138,8 +138,8 @@ class ArrayCore(wiring.Component):
             m.d.comb += [cwr.en.eq(1), cwr.addr.eq(caddr), cwr.data.eq(cq[:16])]
             m.d.sync += [cq.eq(cq >> 16), cq_n.eq(cq_n - 1), caddr.eq(caddr + 1)]
 
-        ins = Signal(LAYOUT)
         ibuf = Signal(16 * WORDS)
+        ins = LAYOUT(ibuf[:LAYOUT.size])  # the fetched words, read as the instruction
         pc = Signal(self.abits)
         cnt = Signal(24)  # a general counter of the current step
 
@@ -260,12 +260,13 @@ class ArrayCore(wiring.Component):
         # R2: round half up and shift (or shift left)
         shifted = Signal(signed(max(self.acc_bits, 48) + 2))
         r3 = Signal()
-        right = sh1[:7]  # shifts are within 0..63 (checked by the compiler)
-        rounding = Mux(sh1 > 0, Const(1, 64) << (right - 1)[:6].as_unsigned(), 0)
+        # shifts are within -MAX_LEFT_SHIFT..MAX_RIGHT_SHIFT (checked by the compiler)
+        right = sh1[:5].as_unsigned()
+        rounding = Mux(sh1 > 0, Const(1, 32) << (right - 1)[:5].as_unsigned(), 0)
         with m.If(sh1 >= 0):
-            m.d.sync += shifted.eq((total + rounding) >> right[:6].as_unsigned())
+            m.d.sync += shifted.eq((total + rounding) >> right)
         with m.Else():
-            m.d.sync += shifted.eq(total << (-sh1)[:6].as_unsigned())
+            m.d.sync += shifted.eq(total << (-sh1)[:4].as_unsigned())
         m.d.sync += r3.eq(r2)
         # R3: clamp, code offset, into the output word
         y = Signal(signed(18))
@@ -391,7 +392,7 @@ class ArrayCore(wiring.Component):
                 with m.If(cnt == WORDS):
                     m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [ins.eq(ibuf), cnt.eq(0)]
+                m.d.sync += cnt.eq(0)
                 m.next = "DISPATCH"
             with m.State("DISPATCH"), m.Switch(ins.op):
                 with m.Case(Op.CONV):
@@ -525,9 +526,10 @@ class ArrayCore(wiring.Component):
                 m.next = "ADD_LANES"
             with m.State("ADD_LANES"):
                 m.d.comb += [vq_valid.eq(1),
-                             vq_value.eq((lane_value(va, vk, ins.mode, x_off) << ins.align)
+                             vq_value.eq((lane_value(va, vk, ins.mode, x_off)
+                                          << ins.align[:3].as_unsigned())
                                          + (lane_value(vb, vk, ins.x2_mode, x2_off)
-                                            << ins.align2))]
+                                            << ins.align2[:3].as_unsigned()))]
                 m.d.sync += vk.eq(vk + 1)
                 with m.If(vk == lanes_y - 1):
                     m.next = "ADD_WAIT"
