@@ -13,7 +13,8 @@ from the hardware's own counters (cycles, memory reads and writes, per layer):
   is the post-training quantization's error, on random inputs and calibration) and how often
   the top class agrees, the weight memory in bytes (weights and parameters);
 * MAC utilisation per layer and overall: useful MACs / (PEs x lanes x cycles), lanes being
-  the products a PE makes per cycle at that width (on iCE40 a 16-bit product takes two cycles);
+  the products a PE makes per cycle at that width (on iCE40 a 16-bit product, and a word of
+  four 4-bit lanes, take two cycles);
 * cycles per image and the frames per second at the clock each array is planned for (not yet
   an Fmax: the array has not been through place and route).
 
@@ -122,7 +123,7 @@ def main() -> None:
             rows = []
             for lc, (cyc, _rd, _wr) in zip(program.code, per_layer, strict=False):
                 lanes = Mode(lc.instr.mode).lanes
-                slots = cfg.pes * lanes / (cfg.word16_cycles if lanes == 1 else 1)
+                slots = cfg.pes * lanes / (cfg.word16_cycles if lanes != 2 else 1)
                 capacity += cyc * slots
                 if lc.macs:
                     rows.append(f"| {width} | {lc.layer} | {cyc:,} | "

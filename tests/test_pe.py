@@ -32,7 +32,7 @@ def _run(family: str | None, ops: list[tuple[Mode, list[int], list[int], bool, b
     """Drive `ops` (mode, a lanes, w lanes, valid, clear) one word each; the accumulator after
     each, and Python's."""
     dut = MultiModePE(acc_bits=48, family=family)
-    cycles = dut.word16_cycles
+
     got: list[int] = []
     want: list[int] = []
     acc = 0
@@ -43,7 +43,7 @@ def _run(family: str | None, ops: list[tuple[Mode, list[int], list[int], bool, b
 
     async def bench(ctx):
         for mode, a, w, valid, clear in ops:
-            n = cycles if mode == Mode.B16 else 1
+            n = dut.word_cycles(mode)
             for phase in range(n):
                 ctx.set(dut.mode, mode)
                 ctx.set(dut.a, _word(a, mode))

@@ -59,8 +59,10 @@ class ArrayConfig:
     """The array's shape: `pes` processing elements (output channels computed at once), a
     main memory of `mem_words` 16-bit words, and per PE a weight buffer of `wbuf_words`
     words (a layer's kernel for one output channel must fit it). `word16_cycles` is how many
-    cycles a PE takes for one 16-bit product (2 on iCE40, whose DSP blocks are fixed in their
-    dual 8x8 mode and make a 16x16 product from four 8x8 ones)."""
+    cycles a PE takes for a word of one 16-bit or four 4-bit lanes (2 on iCE40, whose DSP
+    blocks are fixed in their dual 8x8 mode: two 8x8 products a cycle, so a 16x16 product is
+    four of them over two cycles and four 4-bit lanes two cycles; a word of two 8-bit lanes
+    always takes one)."""
 
     pes: int = 8
     mem_words: int = 65536

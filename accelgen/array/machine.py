@@ -14,9 +14,10 @@ keeps, per layer):
   activation word broadcast to every PE per cycle): per group, a cycle, the PE weight buffers
   loaded (``g * K`` reads, + 2 cycles) and the group's parameters (``4 * g`` reads, + 2); then
   per output pixel ``K * c16`` issue cycles (``c16`` = `ArrayConfig.word16_cycles` in 16-bit
-  mode, else 1; a read for each word of a tap inside the input), except that a cycle in which
-  a result word is written issues nothing and a pixel's last word waits until the requantizer
-  has taken the previous pixel (`_pixel_timeline`); then the requantizer drains.
+  and 4-bit modes, else 1; a read for each word of a tap inside the input), except that a
+  cycle in which a result word is written issues nothing and a pixel's last word waits until
+  the requantizer has taken the previous pixel (`_pixel_timeline`); then the requantizer
+  drains.
 * **MAXPOOL / AVGPOOL**, per output pixel and channel word: a cycle per window tap (a read
   where it is inside the input), one more, then per lane a cycle (an average: `MUL_CYCLES` + 1,
   its division by the reciprocal computed bit by bit), and `VECTOR_DRAIN` cycles until the word
@@ -134,7 +135,7 @@ def cost(program: Program) -> list[LayerCost]:
         pixels = ins.oh * ins.ow
         if ins.op == Op.CONV:
             k, g = ins.k, ins.gsz
-            c16 = cfg.word16_cycles if Mode(ins.mode) == Mode.B16 else 1
+            c16 = cfg.word16_cycles if Mode(ins.mode) in (Mode.B16, Mode.B4) else 1
             inside = _inside_taps(ins) * ins.tapw
             reads, writes = WORDS, 0  # the instruction's own words
             cycles = FETCH + 1  # and the final step to the next instruction
@@ -145,7 +146,7 @@ def cost(program: Program) -> list[LayerCost]:
                 cycles += 1 + (g * k + 2) + (PARAM_WORDS * g + 2)
                 cycles += _pixel_timeline(pixels, k * c16, g, y.lanes, gw)
             lanes = Mode(ins.mode).lanes
-            capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes == 1 else 1)
+            capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes != 2 else 1)
             out.append(LayerCost(lc.layer, "conv" + ("-dw" if ins.has(Flag.DEPTHWISE) else ""),
                                  cycles, reads, writes, lc.macs, capacity))
         elif ins.op in (Op.MAXPOOL, Op.AVGPOOL):

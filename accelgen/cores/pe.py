@@ -17,8 +17,10 @@ Implementations (`family`):
   16-bit mode must be built from 8x8 products):
 
   - 8-bit: the two halves multiply the two lanes;
-  - 4-bit: the halves multiply lanes 0 and 1 (sign-extended), two 4x4 LUT multipliers lanes
-    2 and 3;
+  - 4-bit: two cycles per word (``word_cycles(Mode.B4) == 2``): the halves multiply lanes 0
+    and 1 (sign-extended) in the first, lanes 2 and 3 in the second (``phase``). LUT
+    multipliers for lanes 2 and 3 would make it one cycle, at about 100 logic cells per PE
+    the UP5K does not have;
   - 16-bit: four signed 8x8 partial products over two cycles (``word16_cycles = 2``: the
     controller holds the word and raises ``phase`` in the second). With ``x = 256 xh + xl``
     (``xl`` the unsigned low byte, ``xl_s`` it read as signed, ``xl7`` its top bit)::
@@ -44,7 +46,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from accelgen.array.isa import Mode
-from accelgen.cores.mul import _ice40_pair, lut_multiply
+from accelgen.cores.mul import _ice40_pair
 from accelgen.errors import ShapeError
 
 LATENCY = 2
@@ -72,6 +74,11 @@ class MultiModePE(wiring.Component):
     @property
     def word16_cycles(self) -> int:
         return 2 if self.family == "ice40" else 1
+
+    def word_cycles(self, mode: Mode) -> int:
+        """Cycles the PE takes per word in `mode` (the controller holds the word meanwhile and
+        raises ``phase`` in the second)."""
+        return 2 if self.family == "ice40" and mode in (Mode.B16, Mode.B4) else 1
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -117,11 +124,11 @@ class MultiModePE(wiring.Component):
         def sext4(v):
             return Cat(v[0:4], v[3].replicate(4)).as_signed()
 
-        # the two halves' operands by mode (and phase in 16-bit mode)
-        a0 = Mux(four, sext4(a[0:4]), xl)
-        b0 = Mux(four, sext4(w[0:4]), Mux(sixteen & phase, yh, yl))
-        a1 = Mux(four, sext4(a[4:8]), xh)
-        b1 = Mux(four, sext4(w[4:8]), Mux(sixteen & phase, yl, yh))
+        # the two halves' operands by mode and phase (4-bit: lanes 0, 1 then 2, 3)
+        a0 = Mux(four, sext4(Mux(phase, a[8:12], a[0:4])), xl)
+        b0 = Mux(four, sext4(Mux(phase, w[8:12], w[0:4])), Mux(sixteen & phase, yh, yl))
+        a1 = Mux(four, sext4(Mux(phase, a[12:16], a[4:8])), xh)
+        b1 = Mux(four, sext4(Mux(phase, w[12:16], w[4:8])), Mux(sixteen & phase, yl, yh))
         a0s, b0s, a1s, b1s = (Signal(signed(8), name=n) for n in ("a0", "b0", "a1", "b1"))
         m.d.comb += [a0s.eq(a0), b0s.eq(b0), a1s.eq(a1), b1s.eq(b1)]
         p0, p1 = Signal(signed(16)), Signal(signed(16))
@@ -130,10 +137,6 @@ class MultiModePE(wiring.Component):
             m.d.comb += [p0.eq(q0), p1.eq(q1)]
         else:  # the block's behaviour: two registered signed 8x8 products
             m.d.sync += [p0.eq(a0s * b0s), p1.eq(a1s * b1s)]
-        # 4-bit lanes 2 and 3 in LUTs
-        q2, q3 = Signal(signed(8)), Signal(signed(8))
-        m.d.sync += [q2.eq(lut_multiply(a[8:12].as_signed(), w[8:12].as_signed())),
-                     q3.eq(lut_multiply(a[12:16].as_signed(), w[12:16].as_signed()))]
         # 16-bit corrections for the low bytes read as signed (phase 0 only)
         hi_c = Signal(signed(10))
         lo_c = Signal(signed(10))
@@ -150,10 +153,8 @@ class MultiModePE(wiring.Component):
                 with m.Else():
                     # p0 = xl_s*yl_s, p1 = xh*yh
                     m.d.comb += dot.eq((p1 << 16) + p0 + (hi_c << 16) + (lo_c << 8))
-            with m.Case(Mode.B8):
+            with m.Default():  # 8-bit, and each half of a 4-bit word
                 m.d.comb += dot.eq(p0 + p1)
-            with m.Default():
-                m.d.comb += dot.eq(p0 + p1 + q2 + q3)
 
 
 __all__ = ["LATENCY", "MultiModePE"]

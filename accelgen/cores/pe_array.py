@@ -191,8 +191,9 @@ class ArrayCore(wiring.Component):
         m.d.comb += [iy.eq(iy0 + r), ix.eq(ix0 + c)]
         inside = Signal()
         m.d.comb += inside.eq((iy >= 0) & (iy < ins.h) & (ix >= 0) & (ix < ins.w))
-        sixteen2 = Signal()
-        m.d.comb += sixteen2.eq((ins.mode == Mode.B16) & (cfg.word16_cycles == 2))
+        sixteen2 = Signal()  # each word takes two cycles (iCE40: 16-bit and 4-bit words)
+        m.d.comb += sixteen2.eq(((ins.mode == Mode.B16) | (ins.mode == Mode.B4))
+                                & (cfg.word16_cycles == 2))
 
         # issue-stage outputs, delayed to the PEs
         iss = Signal()  # a word is issued this cycle
