@@ -304,6 +304,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_array(args: argparse.Namespace, qg) -> int:
+    """`run --arch array`: the inputs through the PE array's RTL, cycles from its counters."""
+    from accelgen import golden
+    from accelgen.array.compiler import compile_graph
+    from accelgen.array.targets import DoesNotFitArray, NotOnArray, array_target
+    from accelgen.devices import device
+    from accelgen.sim.array import simulate_array, simulate_array_pysim
+
+    dev = device(args.board)
+    try:
+        target = array_target(dev)
+        program = compile_graph(qg, target.config)
+    except (NotOnArray, DoesNotFitArray) as err:
+        raise UsageError(f"the PE array cannot run this model: {err}") from None
+    if args.engine == "cxxrtl":
+        raise UsageError("the PE array runs on --engine verilator (whole models) or pysim")
+    feeds = load_inputs(args.inputs, qg)
+    x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
+    run = simulate_array if args.engine == "verilator" else simulate_array_pysim
+    result = run(program, x_ir, family=target.family)
+    qo = qg.outputs[0]
+    n = result.outputs.shape[0]
+    codes = result.outputs.reshape(n, -1)[:, qo.layout.reshape(-1)]
+    real = qg.tensors[qo.tensor].dequantize(codes).reshape((-1, *qo.onnx_shape))
+    if qo.host_softmax:
+        e = np.exp(real - real.max(axis=-1, keepdims=True))
+        real = e / e.sum(axis=-1, keepdims=True)
+    out = _write_outputs({qo.onnx_name: real}, args.output)
+    print(f"{qo.onnx_name}: {real.shape} -> {out}; classes {codes.argmax(axis=1).tolist()}")
+    cyc = result.counters[:, 0]
+    print(f"cycles per image (the array's counters): {', '.join(f'{int(c):,}' for c in cyc)} "
+          f"on the {target.config.pes}-PE array for {dev.name}; memory accesses "
+          f"{int(result.counters[0, 1] + result.counters[0, 2]):,} per image")
+    return 0
+
+
 def _run_hardware(args: argparse.Namespace) -> int:
     from accelgen import golden
     from accelgen.accelerator import Accelerator
@@ -315,6 +351,8 @@ def _run_hardware(args: argparse.Namespace) -> int:
         raise UsageError(f"--engine {args.engine} runs a shape description (NAME.accel/); "
                          f"{args.model!r} is not one: run `accelgen compress {args.model}` first")
     qg = load_accel(args.model)
+    if args.arch == "array":
+        return _run_array(args, qg)
     p = plan(qg, device(args.board))
     feeds = load_inputs(args.inputs, qg)
     x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
@@ -579,12 +617,77 @@ def print_plan(p) -> None:
     print(f"  total: {used}")
 
 
+def print_array_estimate(e, reason: str = "") -> None:
+    print(f"PE array on {e.device} at {e.clock_mhz:g} MHz ({e.pes} PEs): "
+          f"{e.cycles_per_image:,} cycles per image, {e.fps:,.1f} FPS, MAC utilisation "
+          f"{100 * e.mac_utilization:.0f} %, memory {e.memory_words:,}/{e.memory_available:,} "
+          f"words ({e.weight_bytes:,} bytes of weights and parameters), "
+          f"{e.memory_reads + e.memory_writes:,} memory accesses per image"
+          + (f"; {reason}" if reason else ""))
+    print(f"  {'layer':<28} {'op':<8} {'bits':>4} {'cycles':>10} {'reads':>9} {'writes':>8} "
+          f"{'MAC util':>8}")
+    for row in e.layers:
+        util = "" if row["mac_utilization"] is None else f"{100 * row['mac_utilization']:.0f} %"
+        print(f"  {_short(row['layer'], 28):<28} {row['op']:<8} {row['bits']:>4} "
+              f"{row['cycles']:>10,} {row['reads']:>9,} {row['writes']:>8,} {util:>8}")
+    if not e.logic_checked:
+        print("  (the array's logic has not been placed on this device yet: the figures are "
+              "the exact cycle model of its RTL at the planned clock)")
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from accelgen.array.targets import DoesNotFitArray, NotOnArray, estimate_array
     from accelgen.devices import device
     from accelgen.scheduler import DoesNotFit, plan
 
     dev = device(args.board)
     qg = quantized_for(args.model, calib=args.calib_data, bits=args.bits)
+    if args.arch in ("array", "auto"):
+        try:
+            est = estimate_array(qg, dev, args.clock)
+            array_error = ""
+        except (NotOnArray, DoesNotFitArray) as err:
+            est, array_error = None, str(err)
+        if args.arch == "array":
+            if est is None:
+                if args.json:
+                    print(json.dumps({"fits": False, "arch": "array", "device": dev.name,
+                                      "reason": array_error}))
+                    return 1
+                raise UsageError(f"the PE array cannot run this model: {array_error}")
+            if args.json:
+                print(json.dumps(est.summary()))
+            else:
+                print_array_estimate(est)
+            return 0
+        try:
+            p = plan(qg, dev, fps=args.fps, clock_mhz=args.clock)
+        except DoesNotFit as err:
+            p, pipeline_error = None, str(err)
+        else:
+            pipeline_error = ""
+        if p is None and est is None:
+            raise UsageError(f"{qg.name} fits neither template on {dev.name}: the pipeline: "
+                             f"{pipeline_error}; the PE array: {array_error}")
+        if p is not None and (est is None or p.fps >= est.fps):
+            why = (f"the streaming pipeline: {p.fps:,.0f} FPS against the PE array's "
+                   f"{est.fps:,.1f}" if est is not None else
+                   f"the streaming pipeline (the PE array cannot run it: {array_error})")
+            if args.json:
+                print(json.dumps({**p.summary(), "arch": "pipeline", "why": why}))
+            else:
+                print(f"--arch auto chose {why}")
+                print_plan(p)
+            return 0
+        why = (f"the PE array: {est.fps:,.1f} FPS against the pipeline's {p.fps:,.0f}"
+               if p is not None else
+               f"the PE array (the streaming pipeline does not fit: {pipeline_error})")
+        if args.json:
+            print(json.dumps({**est.summary(), "why": why}))
+        else:
+            print(f"--arch auto chose {why}")
+            print_array_estimate(est)
+        return 0
     try:
         p = plan(qg, dev, fps=args.fps, clock_mhz=args.clock)
     except DoesNotFit as err:
@@ -695,6 +798,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=ENGINES, default="reference")
     s.add_argument("--board", default="ice40",
                    help="the board whose plan --engine pysim/cxxrtl/verilator simulates")
+    s.add_argument("--arch", choices=("pipeline", "array"), default="pipeline",
+                   help="the hardware the pysim/verilator engines simulate")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("estimate", help="plan the accelerator: folding, cycles, resources")
@@ -704,6 +809,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--clock", type=float, default=None, help="clock in MHz (default: planned)")
     s.add_argument("--bits", type=int, default=8, help="bits when compressing an .onnx model")
     s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")
+    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="pipeline",
+                   help="the streaming pipeline, the layer-sequential PE array, or whichever "
+                        "fits and is faster (the report says why)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_estimate)
 

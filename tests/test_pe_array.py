@@ -11,55 +11,17 @@ import shutil
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from accelgen import golden
-from accelgen.array.compiler import ArrayConfig, NotOnArray, compile_graph, to_words
+from accelgen.array.compiler import ArrayConfig, NotOnArray, compile_graph
 from accelgen.array.machine import cost, execute, totals
 from accelgen.compress import QuantConfig, quantize
-from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore
 from accelgen.frontend import load_model
+from accelgen.sim.array import simulate_array_pysim
 from tests.onnx_helpers import MLPERF
 from tests.test_array import _golden_outputs, _net
-
-
-def run_core(program, x: np.ndarray, family: str | None) -> dict:
-    """Load `x` (1, H, W, C) next to the program's image, run, read memory and counters."""
-    image = np.zeros(program.words, np.int64)
-    image[:program.image.size] = program.image
-    place = program.tensors[program.input]
-    image[place.addr:place.addr + place.words] = to_words(x, place)[0]
-    dut = ArrayCore(program.config, image, acc_bits=48, family=family)
-    out: dict = {}
-
-    async def bench(ctx):
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        limit = 20 * totals(program)[0] + 1000
-        for _ in range(limit):
-            if not ctx.get(dut.busy):
-                break
-            await ctx.tick()
-        else:
-            raise AssertionError("the array did not finish")
-        out["mem"] = np.array([ctx.get(dut.memory.data[i]) for i in range(program.words)])
-        out["counters"] = (ctx.get(dut.cycles), ctx.get(dut.reads), ctx.get(dut.writes))
-        words = []
-        for i in range(COUNTER_WORDS * len(program.code)):
-            ctx.set(dut.cnt_addr, i)
-            await ctx.tick()
-            words.append(ctx.get(dut.cnt_rdata))
-        w = np.array(words).reshape(-1, 3, 2)
-        out["layers"] = [tuple(int(v) for v in row) for row in w[..., 0] | (w[..., 1] << 16)]
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return out
 
 
 def _compare(qg, config: ArrayConfig, family: str | None, seed: int) -> None:
@@ -74,10 +36,11 @@ def _compare(qg, config: ArrayConfig, family: str | None, seed: int) -> None:
     t = qg.tensors[qg.inputs[0].tensor]
     x = np.random.default_rng(seed).integers(t.qmin, t.qmax + 1, size=(1, *t.shape))
     y, mem = execute(program, x, memory=True)
-    got = run_core(program, x, family)
-    assert np.array_equal(got["mem"], mem[0] & 0xFFFF)
-    assert got["counters"] == totals(program)
-    assert got["layers"] == [(c.cycles, c.reads, c.writes) for c in cost(program)]
+    got = simulate_array_pysim(program, x, family=family)
+    assert np.array_equal(got.memory, mem[0] & 0xFFFF)
+    assert tuple(got.counters[0]) == totals(program)
+    assert [tuple(row) for row in got.layer_counters[0]] == [
+        (c.cycles, c.reads, c.writes) for c in cost(program)]
     qo = qg.outputs[0]
     assert np.array_equal(y.reshape(1, -1)[:, qo.layout.reshape(-1)], _golden_outputs(qg, x))
 

@@ -51,6 +51,7 @@ class ArrayResult:
     counters: np.ndarray
     layer_counters: np.ndarray
     cycles_per_second: float
+    memory: np.ndarray | None = None  # pysim: every memory word after the last image
 
 
 def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> CompiledDesign:
@@ -137,4 +138,54 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
                        per_layer, sim_cycles.value / max(seconds, 1e-9))
 
 
-__all__ = ["ArrayResult", "compile_array", "simulate_array"]
+def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None = None,
+                         acc_bits: int = 48) -> ArrayResult:
+    """`simulate_array` in Amaranth's simulator (slow: small models, or a few images); the
+    memory after the last image is in ``ArrayResult.memory``."""
+    from amaranth.sim import Simulator
+
+    x = np.asarray(x, np.int64)
+    inp = program.tensors[program.input]
+    out = program.tensors[program.output]
+    outputs, counters, layers = [], [], []
+    memory = np.zeros(0, np.int64)
+    t0 = time.perf_counter()
+    total = 0
+    for k in range(x.shape[0]):
+        image = np.zeros(program.words, np.int64)
+        image[:program.image.size] = program.image
+        image[inp.addr:inp.addr + inp.words] = to_words(x[k:k + 1], inp)[0]
+        dut = ArrayCore(program.config, image, acc_bits=acc_bits, family=family)
+        got: dict = {}
+
+        async def bench(ctx, dut=dut, got=got):
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            while ctx.get(dut.busy):
+                await ctx.tick()
+            got["mem"] = np.array([ctx.get(dut.memory.data[i]) for i in range(program.words)])
+            got["counters"] = (ctx.get(dut.cycles), ctx.get(dut.reads), ctx.get(dut.writes))
+            words = []
+            for i in range(COUNTER_WORDS * min(len(program.code), dut.max_layers)):
+                ctx.set(dut.cnt_addr, i)
+                await ctx.tick()
+                words.append(ctx.get(dut.cnt_rdata))
+            got["layers"] = words
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-6)
+        sim.add_testbench(bench)
+        sim.run()
+        memory = got["mem"]
+        outputs.append(from_words(memory[None, out.addr:out.addr + out.words], out)[0])
+        counters.append(got["counters"])
+        w = np.array(got["layers"], np.int64).reshape(-1, 3, 2)
+        layers.append(w[..., 0] | (w[..., 1] << 16))
+        total += got["counters"][0]
+    seconds = time.perf_counter() - t0
+    return ArrayResult(np.stack(outputs), np.array(counters, np.int64), np.stack(layers),
+                       total / max(seconds, 1e-9), memory)
+
+
+__all__ = ["ArrayResult", "compile_array", "simulate_array", "simulate_array_pysim"]

@@ -1,0 +1,112 @@
+"""The PE array's shape on each device, and its estimate for a model (`accelgen estimate --arch`).
+
+A device gets one PE per DSP block on iCE40 (an SB_MAC16 each), one per two multipliers
+elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16; its main memory is the SPRAM
+on the UP5K and block RAM elsewhere (what the PE weight buffers and the parameter and counter
+memories leave). The clock is the device's planned clock — the array has not been placed and
+routed yet, so its logic is not checked against the device here (`ArrayEstimate.logic_checked`
+is False and the estimate says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from accelgen.array.compiler import ArrayConfig, DoesNotFitArray, NotOnArray, compile_graph
+from accelgen.array.isa import Mode
+from accelgen.array.machine import cost, totals
+from accelgen.devices import Device
+
+SPRAM_WORDS = 16384  # 16-bit words of one iCE40 SPRAM block
+RESERVED_BRAM = 8  # blocks for the parameter buffer and the per-layer counters
+
+
+@dataclass(frozen=True)
+class ArrayTarget:
+    config: ArrayConfig
+    family: str | None  # the PE implementation ("ice40"; None: multipliers Yosys maps)
+    clock_mhz: float
+
+
+def array_target(dev: Device) -> ArrayTarget:
+    """The array for `dev` (module docstring); `NotOnArray` for a device without DSP blocks."""
+    if dev.dsp_blocks == 0:
+        raise NotOnArray(f"{dev.name} has no DSP blocks for the PE array; use --arch pipeline")
+    if dev.family == "ice40":
+        pes = dev.dsp_blocks - dev.dsp_blocks % 4
+        mem = dev.spram_blocks * SPRAM_WORDS if dev.spram_blocks else 0
+        wbuf = 512
+        if not mem:
+            mem = (dev.bram_blocks - 2 * pes - RESERVED_BRAM) * (dev.bram_bits // 16)
+        return ArrayTarget(ArrayConfig(pes=pes, mem_words=mem, wbuf_words=wbuf,
+                                       word16_cycles=2), "ice40", dev.planned_clock_mhz)
+    pes = min(16, dev.dsp_blocks // 2)
+    pes -= pes % 4
+    if pes < 4:
+        raise NotOnArray(f"{dev.name} has {dev.dsp_blocks} multipliers; the PE array needs 8")
+    words_per_block = dev.bram_bits // 18 if dev.bram_bits % 18 == 0 else dev.bram_bits // 16
+    mem = (dev.bram_blocks - pes - RESERVED_BRAM) * words_per_block
+    return ArrayTarget(ArrayConfig(pes=pes, mem_words=max(mem, 64), wbuf_words=words_per_block),
+                       None, dev.planned_clock_mhz)
+
+
+@dataclass(frozen=True)
+class ArrayEstimate:
+    """What the array does with a model: cycles per image (the exact model of the hardware's
+    counters), FPS at the clock, MAC utilisation, memory used, per-layer rows."""
+
+    device: str
+    clock_mhz: float
+    pes: int
+    cycles_per_image: int
+    memory_reads: int
+    memory_writes: int
+    memory_words: int
+    memory_available: int
+    weight_bytes: int
+    mac_utilization: float
+    layers: list[dict]
+    logic_checked: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.clock_mhz * 1e6 / self.cycles_per_image
+
+    def summary(self) -> dict:
+        return {"fits": True, "arch": "array", "device": self.device,
+                "clock_mhz": self.clock_mhz, "pes": self.pes,
+                "cycles_per_image": self.cycles_per_image, "fps": self.fps,
+                "mac_utilization": self.mac_utilization,
+                "memory": {"used_words": self.memory_words,
+                           "available_words": self.memory_available,
+                           "reads_per_image": self.memory_reads,
+                           "writes_per_image": self.memory_writes},
+                "weight_bytes": self.weight_bytes, "logic_checked": self.logic_checked,
+                "layers": self.layers}
+
+
+def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEstimate:
+    """The array's estimate for `qg` on `dev`; `NotOnArray` or `DoesNotFitArray` (both name
+    the cause) when it cannot run it."""
+    target = array_target(dev)
+    cfg = target.config
+    program = compile_graph(qg, cfg)
+    cycles, reads, writes = totals(program)
+    capacity = 0.0
+    rows = []
+    for lc, c in zip(program.code, cost(program), strict=True):
+        mode = Mode(lc.instr.mode)
+        slots = cfg.pes * mode.lanes / (cfg.word16_cycles if mode.lanes != 2 else 1)
+        capacity += c.cycles * slots  # (a pool's or an add's cycles leave the PEs idle)
+        rows.append({"layer": lc.layer, "op": c.op, "bits": mode.bits, "cycles": c.cycles,
+                     "reads": c.reads, "writes": c.writes, "macs": c.macs,
+                     "mac_utilization": c.macs / (c.cycles * slots) if c.macs else None})
+    macs = sum(c.macs for c in cost(program))
+    return ArrayEstimate(dev.name, clock_mhz or target.clock_mhz, cfg.pes, cycles, reads,
+                         writes, program.words, cfg.mem_words,
+                         2 * program.regions["weights and parameters"],
+                         macs / capacity if capacity else 0.0, rows)
+
+
+__all__ = ["ArrayEstimate", "ArrayTarget", "DoesNotFitArray", "NotOnArray", "array_target",
+           "estimate_array"]
