@@ -322,6 +322,7 @@ class ArrayCore(wiring.Component):
         first_tap = Signal(init=1)
         lane_acc = [Signal(signed(34), name=f"lane_acc{k}") for k in range(4)]
         mi = Signal(6)
+        ms = Signal(7)
         mp = Signal(signed(72))
         mt = Signal(signed(72))
 
@@ -576,10 +577,17 @@ class ArrayCore(wiring.Component):
                     m.d.sync += mt.eq(mt << 1)
                 m.d.sync += mi.eq(mi + 1)
                 with m.If(mi == 32):
-                    m.d.sync += mi.eq(0)
+                    m.d.sync += [mi.eq(0), ms.eq(0)]
+                    m.next = "POOL_SHIFT"
+            with m.State("POOL_SHIFT"):
+                # >> rk a bit a cycle (a barrel shifter of the product's width would cost
+                # hundreds of logic cells for a division that runs once per pooled value)
+                with m.If(ms == ins.rk):
                     m.next = "POOL_DIV"
+                with m.Else():
+                    m.d.sync += [mp.eq(mp >> 1), ms.eq(ms + 1)]
             with m.State("POOL_DIV"):
-                m.d.comb += [vq_valid.eq(1), vq_value.eq((mp >> ins.rk) - ins.rbig)]
+                m.d.comb += [vq_valid.eq(1), vq_value.eq(mp - ins.rbig)]
                 m.d.sync += vk.eq(vk + 1)
                 with m.If(vk == lanes_y - 1):
                     m.next = "POOL_WAIT"
