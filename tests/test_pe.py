@@ -106,8 +106,8 @@ def test_pe_corner_products(family, mode: Mode) -> None:
 
 
 def test_pe_checks_its_accumulator_width() -> None:
-    with pytest.raises(ShapeError, match=r"accumulator of 20 bits"):
-        MultiModePE(acc_bits=20)
+    with pytest.raises(ShapeError, match=r"accumulator of 12 bits"):
+        MultiModePE(acc_bits=12)
 
 
 def test_pe_random_long_accumulation_does_not_wrap() -> None:

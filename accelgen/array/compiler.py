@@ -134,6 +134,9 @@ class Program:
     input: str = ""
     output: str = ""
     regions: dict[str, int] = field(default_factory=dict)  # words per region
+    acc_bits: int = 48
+    """The accumulator width the program needs: every CONV's products and bias (a proved
+    bound from its weights), every add's aligned inputs; the hardware is built this wide."""
 
     @property
     def instructions(self) -> tuple[Instr, ...]:
@@ -414,7 +417,7 @@ def compile_graph(qg: QuantizedGraph, config: ArrayConfig | None = None) -> Prog
     image[program_words:static_words] = (np.concatenate(blobs) if blobs
                                          else np.zeros(0, np.uint16))
     return Program(qg.name, config, tuple(code), image, words, places, in_name, out_name,
-                   regions)
+                   regions, _acc_bits(qg, places, code))
 
 
 def _place_maps(qg: QuantizedGraph, pending, placement, last_use: dict[str, int], base: int,
@@ -512,6 +515,25 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
                   kw=kernel[1], sh=stride[0],
                   sw=stride[1], pt=pad[0], pl=pad[1], rc=rc, rm=rm, rk=rk, rbig=rbig, **common)
     return LayerCode(la.name, instr, 0)
+
+
+def _acc_bits(qg: QuantizedGraph, places: dict[str, Placement], code) -> int:
+    """Signed bits of any value the requantizer sees (`Program.acc_bits`)."""
+    need = 18  # pools' values: up to 16-bit unsigned
+    for la in qg.layers:
+        if isinstance(la, (QConv, QDense)):
+            x = places[la.inputs[0]]
+            c_out = la.weight.shape[0]
+            wsum = np.abs(la.weight.reshape(c_out, -1)).sum(axis=1)
+            bias = np.abs(la.bias.astype(np.int64)
+                          + x.code_offset * la.weight.reshape(c_out, -1).sum(axis=1))
+            bound = int((wsum * (1 << (x.mode.bits - 1)) + bias).max())
+            # a 16-bit product's first half is up to 2**30 before the second corrects it
+            bound += (1 << 31) if x.mode == Mode.B16 else 0
+            need = max(need, bound.bit_length() + 1)
+        elif isinstance(la, QAdd):
+            need = max(need, 17 + max(la.align) + 2)
+    return min(need + 1, 64)
 
 
 def sum_bits_for(qmin: int, qmax: int, n: int) -> int:

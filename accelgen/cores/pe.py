@@ -61,9 +61,9 @@ class MultiModePE(wiring.Component):
     """
 
     def __init__(self, acc_bits: int = 40, family: str | None = None) -> None:
-        if not 33 <= acc_bits <= 64:
-            raise ShapeError(f"accumulator of {acc_bits!r} bits; the PE needs 33..64 (a 16x16 "
-                             "product and room to add)")
+        if not 18 <= acc_bits <= 64:
+            raise ShapeError(f"accumulator of {acc_bits!r} bits; the PE takes 18..64 (the "
+                             "compiler's bound for the program, `Program.acc_bits`)")
         self.acc_bits = acc_bits
         self.family = family
         super().__init__({

@@ -39,7 +39,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accelgen.array.compiler import PARAM_WORDS, ArrayConfig
+from accelgen.array.compiler import MAX_LEFT_SHIFT, PARAM_WORDS, ArrayConfig
 from accelgen.array.isa import LAYOUT, WORDS, Flag, Mode, Op
 from accelgen.cores.pe import LATENCY, MultiModePE
 from accelgen.errors import ShapeError
@@ -252,14 +252,15 @@ class ArrayCore(wiring.Component):
                     m.d.sync += sacc.eq(shadow[p])
         m.d.sync += r1.eq(r0)
         # R1: bias added
-        bias = Mux(vec, 0, prd.data[:48].as_signed())
+        # (the bias fits the accumulator: the compiler's bound covers products and bias)
+        bias = Mux(vec, 0, prd.data[:min(self.acc_bits, 48)].as_signed())
         shift = Mux(vec, ins.shift, prd.data[48:64].as_signed())
-        total = Signal(signed(max(self.acc_bits, 48) + 1))
+        total = Signal(signed(self.acc_bits + 1))
         sh1 = Signal(signed(16))
         r2 = Signal()
         m.d.sync += [total.eq(sacc + bias), sh1.eq(shift), r2.eq(r1)]
         # R2: round half up and shift (or shift left)
-        shifted = Signal(signed(max(self.acc_bits, 48) + 2))
+        shifted = Signal(signed(self.acc_bits + 2 + MAX_LEFT_SHIFT))
         r3 = Signal()
         # shifts are within -MAX_LEFT_SHIFT..MAX_RIGHT_SHIFT (checked by the compiler)
         right = sh1[:5].as_unsigned()

@@ -89,13 +89,13 @@ def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> Compi
 
 
 def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None,
-                   acc_bits: int = 48, max_cycles: int = 200_000_000,
+                   acc_bits: int | None = None, max_cycles: int = 200_000_000,
                    stop: threading.Event | None = None) -> ArrayResult:
     """Run input codes `x` (N, H, W, C) through the compiled array for `program`."""
     x = np.asarray(x, np.int64)
     # the model is the array alone (its memory empty): one compiled model serves every
     # program for this array; the program's image is written through the external port
-    core = ArrayCore(program.config, (), acc_bits=acc_bits, family=family)
+    core = ArrayCore(program.config, (), acc_bits=acc_bits or program.acc_bits, family=family)
     design = compile_array(core, stop)
     dll = ctypes.CDLL(str(design.library))
     dll.ag_array_new.restype = ctypes.c_void_p
@@ -139,7 +139,7 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
 
 
 def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None = None,
-                         acc_bits: int = 48) -> ArrayResult:
+                         acc_bits: int | None = None) -> ArrayResult:
     """`simulate_array` in Amaranth's simulator (slow: small models, or a few images); the
     memory after the last image is in ``ArrayResult.memory``."""
     from amaranth.sim import Simulator
@@ -155,7 +155,8 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
         image = np.zeros(program.words, np.int64)
         image[:program.image.size] = program.image
         image[inp.addr:inp.addr + inp.words] = to_words(x[k:k + 1], inp)[0]
-        dut = ArrayCore(program.config, image, acc_bits=acc_bits, family=family)
+        dut = ArrayCore(program.config, image, acc_bits=acc_bits or program.acc_bits,
+                        family=family)
         got: dict = {}
 
         async def bench(ctx, dut=dut, got=got):
