@@ -18,9 +18,10 @@ from the hardware's own counters (cycles, memory reads and writes, per layer):
 * cycles per image and the frames per second at the clock each array is planned for (not yet
   an Fmax: the array has not been through place and route).
 
-Arrays: iCEBreaker (UP5K): 8 PEs on the 8 SB_MAC16 blocks, 65,536 words of memory (the 128 KB
-of SPRAM), 512-word weight buffers; ULX3S-85F: 16 PEs (two MULT18X18D each), 163,840 words
-(160 of the 208 block RAMs), 1,024-word weight buffers.
+Arrays (`accelgen.array.targets`, as `accelgen estimate --arch array` plans them): iCEBreaker
+(UP5K): 8 PEs on the 8 SB_MAC16 blocks, 65,536 words of memory (the 128 KB of SPRAM), 512-word
+weight buffers; ULX3S-85F: 16 PEs (two MULT18X18D each), 188,416 words of block RAM, 1,024-word
+weight buffers.
 """
 
 from __future__ import annotations
@@ -33,22 +34,19 @@ import numpy as np
 
 from accelgen import golden, reference
 from accelgen.array.compiler import (
-    ArrayConfig,
     DoesNotFitArray,
     NotOnArray,
     compile_graph,
 )
 from accelgen.array.isa import Mode
+from accelgen.array.targets import array_target
+from accelgen.boards import board
 from accelgen.compress import QuantConfig, quantize
 from accelgen.frontend import load_model
 from accelgen.sim.array import simulate_array
 
 MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
-ARRAYS = {
-    "iCEBreaker (UP5K)": (ArrayConfig(pes=8, mem_words=65536, wbuf_words=512,
-                                      word16_cycles=2), "ice40", 24.0),
-    "ULX3S-85F": (ArrayConfig(pes=16, mem_words=163840, wbuf_words=1024), None, 45.0),
-}
+ARRAYS = {"iCEBreaker (UP5K)": "ice40", "ULX3S-85F": "ecp5"}  # board -> its array_target
 
 
 def _logits_real(qg, codes: np.ndarray) -> np.ndarray:
@@ -84,7 +82,9 @@ def main() -> None:
     float_all = reference.run_ir(graph, {gi.tensor: reference.prepare_input(gi, x)},
                                  fake_quant=False, keep="all")
     lines = [f"# PE array: {args.model.stem}, {args.inputs} random inputs per width", ""]
-    for array_name, (cfg, family, clock) in ARRAYS.items():
+    for array_name, board_name in ARRAYS.items():
+        target = array_target(board(board_name).device)
+        cfg, family, clock = target.config, target.family, target.clock_mhz
         lines += [(f"## {array_name}: {cfg.pes} PEs, {cfg.mem_words:,} memory words, "
                   f"planned clock {clock:g} MHz"), "",
                   ("| width | cycles/image | speedup vs 16-bit | execution time reduction | "
