@@ -71,6 +71,17 @@ def test_array_core_equals_machine_model(c_in, c1, k, stride, pads, depthwise, r
     _compare(qg, config, family, seed)
 
 
+def test_global_max_pool() -> None:
+    """A max pool whose window is its whole input (the frontend makes it a global max pool;
+    hypothesis found the array without it)."""
+    rng = np.random.default_rng(0)
+    graph = _net(rng, 1, 4, (2, 2), 2, [0, 0, 0, 0], False, False, "max", 5)
+    assert any(type(la).__name__ == "GlobalMaxPool" for la in graph.layers)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 1, 5, 5)).astype(np.float32),
+                     QuantConfig(weight_bits=4, act_bits=4, calibration="max"))
+    _compare(qg, ArrayConfig(pes=4, mem_words=4096, wbuf_words=256), None, 0)
+
+
 @pytest.mark.parametrize(("bits", "family"), [(8, None), (4, "ice40"), (16, "ice40")])
 def test_residual_block_with_pools(bits: int, family: str | None) -> None:
     """Stem, depthwise, pointwise, residual add, max pool, global average pool, dense."""

@@ -33,6 +33,7 @@ from accelgen.quantized import (
     QConv,
     QDense,
     QGlobalAvgPool,
+    QGlobalMaxPool,
     QLayer,
     QMaxPool,
     QTensor,
@@ -155,7 +156,7 @@ def _check_supported(layer: QLayer, qg: QuantizedGraph) -> None:
     def no(why: str) -> NotOnArray:
         return NotOnArray(f"layer {layer.name!r} ({layer.op}): {why}; the PE array runs "
                           "Conv (dense or depthwise), Dense, MaxPool, AveragePool (one count "
-                          "for every window), GlobalAveragePool and residual Add; use "
+                          "for every window), global pools and residual Add; use "
                           "--arch pipeline for this model")
 
     if isinstance(layer, QConv):
@@ -173,7 +174,7 @@ def _check_supported(layer: QLayer, qg: QuantizedGraph) -> None:
             counts = _avg_counts(layer, h, w)
             if counts.min() != counts.max():
                 raise no("windows with different tap counts (padding not counted)")
-    elif not isinstance(layer, (QDense, QGlobalAvgPool, QAdd)):
+    elif not isinstance(layer, (QDense, QGlobalAvgPool, QGlobalMaxPool, QAdd)):
         raise no("no instruction for this operation")
 
 
@@ -493,6 +494,11 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
                       x2cw=x2.channel_words,
                       k=y.words, lo=la.lo, hi=la.hi, shift=la.shift, align=la.align[0],
                       align2=la.align[1], **common)
+        return LayerCode(la.name, instr, 0)
+    if isinstance(la, QGlobalMaxPool):  # a max pool whose window is the whole input
+        yt = qg.tensors[la.output]
+        instr = Instr(op=Op.MAXPOOL, flags=int(flags), kh=h, kw=w, lo=yt.qmin, hi=yt.qmax,
+                      **common)
         return LayerCode(la.name, instr, 0)
     if isinstance(la, QMaxPool):
         yt = qg.tensors[la.output]
