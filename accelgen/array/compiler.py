@@ -45,6 +45,7 @@ BIAS_BITS = 48
 MAX_RIGHT_SHIFT = 31  # the requantizer's shifts: right by 0..31 (rounding), left by 1..15
 MAX_LEFT_SHIFT = 15
 MAX_ALIGN = 7  # an add's input alignment (left shift)
+LANE_BITS = 24  # the vector unit's lane accumulators (an average's sum must fit)
 
 
 class NotOnArray(AccelgenError):
@@ -142,6 +143,19 @@ class Program:
     @property
     def instructions(self) -> tuple[Instr, ...]:
         return tuple(lc.instr for lc in self.code)
+
+    @property
+    def modes(self) -> frozenset[Mode]:
+        """Every lane mode the program's instructions use (the hardware built for it needs
+        these, `accelgen.cores.pe_array.ArrayCore`)."""
+        used = set()
+        for ins in self.instructions:
+            if ins.op == Op.END:
+                continue
+            used |= {Mode(ins.mode), Mode(ins.y_mode)}
+            if ins.op == Op.ADD:
+                used.add(Mode(ins.x2_mode))
+        return frozenset(used) or frozenset({Mode.B8})
 
 
 def widest(*modes: Mode) -> Mode:
@@ -513,8 +527,14 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
     else:
         kernel, stride, pad = la.kernel, la.stride, la.padding
         n = int(_avg_counts(la, h, w).max())
-    t = qg.tensors[la.inputs[0]]
-    sum_bits = sum_bits_for(t.qmin, t.qmax, n)
+    # the sum's range is that of any `n` lane values (pad lanes are averaged too), so the
+    # division is exact whatever a lane holds (and the machine model exact in every lane)
+    lane = places[la.inputs[0]].mode.bits
+    sum_bits = sum_bits_for(-(1 << (lane - 1)), (1 << lane) - 1, n)
+    if sum_bits > LANE_BITS:
+        raise NotOnArray(f"layer {la.name!r}: an average over {n} taps of {lane}-bit lanes "
+                         f"needs {sum_bits}-bit sums; the array's lane accumulators hold "
+                         f"{LANE_BITS} (use a narrower input or a smaller window)")
     rc, rm, rk, rbig = golden.reciprocal(n, sum_bits)
     yt = qg.tensors[la.output]
     instr = Instr(op=Op.AVGPOOL, flags=int(flags), lo=yt.qmin, hi=yt.qmax, kh=kernel[0],

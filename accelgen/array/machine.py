@@ -19,8 +19,8 @@ keeps, per layer):
   the requantizer has taken the previous pixel (`_pixel_timeline`); then the requantizer
   drains.
 * **MAXPOOL / AVGPOOL**, per output pixel and channel word: a cycle per window tap (a read
-  where it is inside the input), one more, then per lane a cycle (an average: `MUL_CYCLES` +
-  ``rk`` + 2, its division by the reciprocal multiplied and shifted bit by bit), and
+  where it is inside the input), one more, then per lane a cycle (an average: ``rk`` + 2,
+  its division by the reciprocal multiplied bit by bit, ``rk`` steps), and
   `VECTOR_DRAIN` cycles until the word is written.
 * **ADD**, per word: two reads, a cycle, a cycle per lane, `VECTOR_DRAIN`.
 
@@ -50,8 +50,6 @@ from accelgen.errors import AccelgenError
 from accelgen.ir import window_output_size
 
 FETCH = WORDS + 3  # reading an instruction's words, decoding and dispatching it
-MUL_CYCLES = 33  # an average's division: the reciprocal multiplied bit by bit (then shifted
-# right a bit a cycle, rk + 1 cycles), per lane
 VECTOR_DRAIN = 5  # a vector operation's last lane through the requantizer and written
 
 
@@ -154,7 +152,7 @@ def cost(program: Program) -> list[LayerCost]:
             taps = _inside_taps(ins)
             reads = WORDS + taps * x.channel_words
             words = pixels * y.channel_words
-            per_lane = 1 if ins.op == Op.MAXPOOL else MUL_CYCLES + ins.rk + 2
+            per_lane = 1 if ins.op == Op.MAXPOOL else ins.rk + 2
             per_word = ins.kh * ins.kw + 1 + per_lane * y.lanes + VECTOR_DRAIN
             out.append(LayerCost(lc.layer, Op(ins.op).name.lower(),
                                  FETCH + 1 + words * per_word, reads, words, 0, 0))

@@ -37,6 +37,11 @@ Implementations (`family`):
   `tests/test_mul.py` proves the instantiated cell equal to those products.
 * **elsewhere** (ECP5, Gowin, behavioural): every lane product written ``a * w`` (Yosys maps
   them to ``MULT18X18D``/``MULT9X9``), one 16-bit product per cycle.
+
+`modes` is the set of widths the PE is built for (all three by default): a build for one program
+leaves out the datapath of the widths the program never uses (on iCE40 the 16-bit corrections
+and the 4-bit operand selection are most of a PE's logic). A word in a mode left out gives an
+undefined result; `accelgen.cores.pe_array.ArrayCore` is built with the program's modes.
 """
 
 from __future__ import annotations
@@ -60,7 +65,11 @@ class MultiModePE(wiring.Component):
     ``phase`` (16-bit mode on iCE40: the word's second cycle), ``valid``, ``clear``, ``acc``.
     """
 
-    def __init__(self, acc_bits: int = 40, family: str | None = None) -> None:
+    def __init__(self, acc_bits: int = 40, family: str | None = None,
+                 modes=None) -> None:
+        self.modes = frozenset(Mode) if modes is None else frozenset(Mode(v) for v in modes)
+        if not self.modes:
+            raise ShapeError("a PE built for no mode (modes is empty)")
         if not 18 <= acc_bits <= 64:
             raise ShapeError(f"accumulator of {acc_bits!r} bits; the PE takes 18..64 (the "
                              "compiler's bound for the program, `Program.acc_bits`)")
@@ -83,7 +92,7 @@ class MultiModePE(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         a, w, mode = self.a, self.w, self.mode
-        dot = Signal(signed(34))  # the products' sum, registered (cycle t + 1)
+        dot = Signal(signed(34 if Mode.B16 in self.modes else 17))  # the products' sum, registered (cycle t + 1)
         valid1 = Signal()
         clear1 = Signal()
         m.d.sync += [valid1.eq(self.valid), clear1.eq(self.clear)]
@@ -94,21 +103,22 @@ class MultiModePE(wiring.Component):
         if self.family == "ice40":
             self._ice40(m, platform, dot)
         else:
-            p16 = Signal(signed(32))
-            p8 = [Signal(signed(16), name=f"p8_{k}") for k in range(2)]
-            p4 = [Signal(signed(8), name=f"p4_{k}") for k in range(4)]
-            m.d.sync += p16.eq(lane(a, 0, 16) * lane(w, 0, 16))
-            m.d.sync += [p.eq(lane(a, k, 8) * lane(w, k, 8)) for k, p in enumerate(p8)]
-            m.d.sync += [p.eq(lane(a, k, 4) * lane(w, k, 4)) for k, p in enumerate(p4)]
+            sums = {}
+            if Mode.B16 in self.modes:
+                p16 = Signal(signed(32))
+                m.d.sync += p16.eq(lane(a, 0, 16) * lane(w, 0, 16))
+                sums[Mode.B16] = p16
+            if Mode.B8 in self.modes:
+                p8 = [Signal(signed(16), name=f"p8_{k}") for k in range(2)]
+                m.d.sync += [p.eq(lane(a, k, 8) * lane(w, k, 8)) for k, p in enumerate(p8)]
+                sums[Mode.B8] = p8[0] + p8[1]
+            if Mode.B4 in self.modes:
+                p4 = [Signal(signed(8), name=f"p4_{k}") for k in range(4)]
+                m.d.sync += [p.eq(lane(a, k, 4) * lane(w, k, 4)) for k, p in enumerate(p4)]
+                sums[Mode.B4] = p4[0] + p4[1] + p4[2] + p4[3]
             mode1 = Signal(2)
             m.d.sync += mode1.eq(mode)
-            with m.Switch(mode1):
-                with m.Case(Mode.B16):
-                    m.d.comb += dot.eq(p16)
-                with m.Case(Mode.B8):
-                    m.d.comb += dot.eq(p8[0] + p8[1])
-                with m.Default():
-                    m.d.comb += dot.eq(p4[0] + p4[1] + p4[2] + p4[3])
+            m.d.comb += dot.eq(by_mode(mode1, sums))
         with m.If(valid1):
             m.d.sync += self.acc.eq(Mux(clear1, 0, self.acc) + dot)
         return m
@@ -118,17 +128,23 @@ class MultiModePE(wiring.Component):
         xh, xl = a[8:16].as_signed(), a[0:8].as_signed()
         yh, yl = w[8:16].as_signed(), w[0:8].as_signed()
         xl7, yl7 = a[7], w[7]
-        four = mode == Mode.B4
-        sixteen = mode == Mode.B16
+        four = (mode == Mode.B4) if Mode.B4 in self.modes else False
+        sixteen = (mode == Mode.B16) if Mode.B16 in self.modes else False
+        if Mode.B8 not in self.modes and Mode.B16 not in self.modes:
+            four = True
 
         def sext4(v):
             return Cat(v[0:4], v[3].replicate(4)).as_signed()
 
         # the two halves' operands by mode and phase (4-bit: lanes 0, 1 then 2, 3)
-        a0 = Mux(four, sext4(Mux(phase, a[8:12], a[0:4])), xl)
-        b0 = Mux(four, sext4(Mux(phase, w[8:12], w[0:4])), Mux(sixteen & phase, yh, yl))
-        a1 = Mux(four, sext4(Mux(phase, a[12:16], a[4:8])), xh)
-        b1 = Mux(four, sext4(Mux(phase, w[12:16], w[4:8])), Mux(sixteen & phase, yl, yh))
+        a0, a1 = xl, xh
+        b0 = Mux(sixteen & phase, yh, yl) if Mode.B16 in self.modes else yl
+        b1 = Mux(sixteen & phase, yl, yh) if Mode.B16 in self.modes else yh
+        if Mode.B4 in self.modes:
+            a0 = Mux(four, sext4(Mux(phase, a[8:12], a[0:4])), a0)
+            b0 = Mux(four, sext4(Mux(phase, w[8:12], w[0:4])), b0)
+            a1 = Mux(four, sext4(Mux(phase, a[12:16], a[4:8])), a1)
+            b1 = Mux(four, sext4(Mux(phase, w[12:16], w[4:8])), b1)
         a0s, b0s, a1s, b1s = (Signal(signed(8), name=n) for n in ("a0", "b0", "a1", "b1"))
         m.d.comb += [a0s.eq(a0), b0s.eq(b0), a1s.eq(a1), b1s.eq(b1)]
         p0, p1 = Signal(signed(16)), Signal(signed(16))
@@ -137,6 +153,9 @@ class MultiModePE(wiring.Component):
             m.d.comb += [p0.eq(q0), p1.eq(q1)]
         else:  # the block's behaviour: two registered signed 8x8 products
             m.d.sync += [p0.eq(a0s * b0s), p1.eq(a1s * b1s)]
+        if Mode.B16 not in self.modes:  # 8-bit, and each half of a 4-bit word
+            m.d.comb += dot.eq(p0 + p1)
+            return
         # 16-bit corrections for the low bytes read as signed (phase 0 only)
         hi_c = Signal(signed(10))
         lo_c = Signal(signed(10))
@@ -157,4 +176,13 @@ class MultiModePE(wiring.Component):
                 m.d.comb += dot.eq(p0 + p1)
 
 
-__all__ = ["LATENCY", "MultiModePE"]
+def by_mode(mode, values: dict):
+    """`values[mode]` for the modes present (a mode left out selects an undefined one)."""
+    items = sorted(values.items())
+    out = items[-1][1]
+    for k, v in reversed(items[:-1]):
+        out = Mux(mode == k, v, out)
+    return out
+
+
+__all__ = ["LATENCY", "MultiModePE", "by_mode"]

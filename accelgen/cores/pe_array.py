@@ -34,14 +34,14 @@ against cycle for cycle; the memory has one port (one read or one write per cycl
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accelgen.array.compiler import MAX_LEFT_SHIFT, PARAM_WORDS, ArrayConfig
+from accelgen.array.compiler import LANE_BITS, MAX_LEFT_SHIFT, PARAM_WORDS, ArrayConfig
 from accelgen.array.isa import LAYOUT, WORDS, Flag, Mode, Op
-from accelgen.cores.pe import LATENCY, MultiModePE
+from accelgen.cores.pe import LATENCY, MultiModePE, by_mode
 from accelgen.errors import ShapeError
 
 COUNTER_WORDS = 6  # per layer: cycles, reads, writes, 32 bits each
@@ -63,12 +63,17 @@ class ArrayCore(wiring.Component):
     through the ``ext_*`` port while ``busy`` is low); ``start`` runs the program from word 0;
     ``busy`` falls when END is reached. ``cycles`` counts the cycles of the last run;
     ``reads``/``writes`` its memory accesses; ``cnt_rdata`` is word ``cnt_addr`` of the
-    per-layer counters (a cycle after the address).
+    per-layer counters (a cycle after the address): for each layer the run's cycles, reads and
+    writes *up to its end* (`layer_counters` turns them into each layer's own).
+
+    `acc_bits` and `modes` specialise the hardware to the programs it will run
+    (`Program.acc_bits`, `Program.modes`); a program needing more is undefined.
     """
 
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
-                 family: str | None = None, max_layers: int = 64) -> None:
+                 family: str | None = None, max_layers: int = 64, modes=None) -> None:
         self.config = config
+        self.modes = frozenset(Mode) if modes is None else frozenset(Mode(v) for v in modes)
         self.image = [int(v) for v in image]
         if len(self.image) > config.mem_words:
             raise ShapeError(f"an image of {len(self.image)} words for a memory of "
@@ -112,7 +117,7 @@ class ArrayCore(wiring.Component):
         pes = []
         wbufs = []
         for p in range(P):
-            pe = MultiModePE(self.acc_bits, self.family)
+            pe = MultiModePE(self.acc_bits, self.family, self.modes)
             m.submodules[f"pe{p}"] = pe
             pes.append(pe)
             wb = Memory(shape=16, depth=cfg.wbuf_words, init=[])
@@ -129,7 +134,6 @@ class ArrayCore(wiring.Component):
         m.submodules.counters = cmem
         crd, cwr = cmem.read_port(), cmem.write_port()
         m.d.comb += [crd.addr.eq(self.cnt_addr), self.cnt_rdata.eq(crd.data)]
-        snap = [Signal(32, name=f"snap_{n}") for n in ("cycles", "reads", "writes")]
         layer = Signal(range(self.max_layers + 1))
         cq = Signal(16 * COUNTER_WORDS)
         cq_n = Signal(range(COUNTER_WORDS + 1))
@@ -141,7 +145,7 @@ class ArrayCore(wiring.Component):
         ibuf = Signal(16 * WORDS)
         ins = LAYOUT(ibuf[:LAYOUT.size])  # the fetched words, read as the instruction
         pc = Signal(self.abits)
-        cnt = Signal(24)  # a general counter of the current step
+        cnt = Signal(range(max(WORDS, PARAM_WORDS * P) + 2))  # the current step's counter
 
         # ---------------------------------------------------------------- memory access
         # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
@@ -167,8 +171,9 @@ class ArrayCore(wiring.Component):
         # ---------------------------------------------------------------- CONV state
         lanes_y = Signal(3)
         ybits = Signal(5)
-        m.d.comb += [lanes_y.eq(Const(1, 3) << ins.y_mode),
-                     ybits.eq(Const(16, 5) >> ins.y_mode)]
+        modes = sorted(self.modes)
+        m.d.comb += [lanes_y.eq(by_mode(ins.y_mode, {k: k.lanes for k in modes})),
+                     ybits.eq(by_mode(ins.y_mode, {k: k.bits for k in modes}))]
         g = Signal(12)  # group
         gw = Signal(8)  # output words of this group
         wptr = Signal(self.abits)
@@ -176,24 +181,26 @@ class ArrayCore(wiring.Component):
         cwb = Signal(12)  # first input word of the group within a pixel (depthwise)
         ybase = Signal(12)  # first output word of the group within a pixel
         lp = Signal(range(P + 1))  # loading: PE / channel
-        lk = Signal(16)  # loading: word
+        lk = Signal(range(cfg.wbuf_words + 1))  # loading: word
         oy, ox = Signal(10), Signal(10)
         r, c = Signal(8), Signal(8)
         j = Signal(12)
         ph = Signal()
         iy0, ix0 = Signal(signed(12)), Signal(signed(12))
-        ra = Signal(signed(24))  # address of tap (0, 0) of the current row's first pixel
-        pa = Signal(signed(24))  # ... of the current pixel
-        tr = Signal(signed(24))  # ... of tap (r, 0)
-        tc = Signal(signed(24))  # ... of tap (r, c)
+        # (addresses wrap at the memory's size: a tap outside the input may have a negative
+        # address, never read; one inside is right modulo the size)
+        ra = Signal(self.abits)  # address of tap (0, 0) of the current row's first pixel
+        pa = Signal(self.abits)  # ... of the current pixel
+        tr = Signal(self.abits)  # ... of tap (r, 0)
+        tc = Signal(self.abits)  # ... of tap (r, c)
         iy = Signal(signed(12))
         ix = Signal(signed(12))
         m.d.comb += [iy.eq(iy0 + r), ix.eq(ix0 + c)]
         inside = Signal()
         m.d.comb += inside.eq((iy >= 0) & (iy < ins.h) & (ix >= 0) & (ix < ins.w))
         sixteen2 = Signal()  # each word takes two cycles (iCE40: 16-bit and 4-bit words)
-        m.d.comb += sixteen2.eq(((ins.mode == Mode.B16) | (ins.mode == Mode.B4))
-                                & (cfg.word16_cycles == 2))
+        if cfg.word16_cycles == 2:
+            m.d.comb += sixteen2.eq(by_mode(ins.mode, {k: k.lanes != 2 for k in modes}))
 
         # issue-stage outputs, delayed to the PEs
         iss = Signal()  # a word is issued this cycle
@@ -283,8 +290,7 @@ class ArrayCore(wiring.Component):
         yaddr = Signal(self.abits)
         owrd = Signal(8)  # words of this pixel written
         ybits_mask = Signal(16)
-        m.d.comb += ybits_mask.eq(Mux(ins.y_mode == Mode.B16, 0xFFFF,
-                                      Mux(ins.y_mode == Mode.B8, 0x00FF, 0x000F)))
+        m.d.comb += ybits_mask.eq(by_mode(ins.y_mode, {k: (1 << k.bits) - 1 for k in modes}))
         placed = Signal(16)
         m.d.comb += placed.eq((code.as_unsigned()[:16] & ybits_mask)
                               << (olane * ybits)[:4].as_unsigned())
@@ -316,29 +322,30 @@ class ArrayCore(wiring.Component):
         m.d.comb += in_flight.eq((last1 & v1) | last_pipe[0] | capture)
 
         # ---------------------------------------------------------------- vector unit
-        vi = Signal(24)  # ADD: word
+        vi = Signal(self.abits)  # ADD: word
         va, vb = Signal(16), Signal(16)
         vk = Signal(3)  # lane
         pv, pfirst = Signal(), Signal()  # a pool tap's word arrives / is the window's first
         first_tap = Signal(init=1)
-        lane_acc = [Signal(signed(34), name=f"lane_acc{k}") for k in range(4)]
-        mi = Signal(6)
-        ms = Signal(7)
-        mp = Signal(signed(72))
-        mt = Signal(signed(72))
+        lanes_max = max(k.lanes for k in modes)
+        lane_acc = [Signal(signed(LANE_BITS), name=f"lane_acc{k}") for k in range(lanes_max)]
+        mi = Signal(7)
+        mp = Signal(LANE_BITS + 4)  # an average's t * rm >> i (t = 2 * sum + rc >= 0)
+        mt = Signal(LANE_BITS + 3)  # t
 
         def lane_value(word, k, mode, off):
             """Lane `k` of `word` in `mode`, decoded (offset codes back to values)."""
-            v16 = word.as_signed()
-            v8 = word.word_select(k[:1], 8).as_signed()
-            v4 = word.word_select(k[:2], 4).as_signed()
-            return Mux(mode == Mode.B16, v16 + Mux(off, 1 << 15, 0),
-                       Mux(mode == Mode.B8, v8 + Mux(off, 1 << 7, 0), v4 + Mux(off, 1 << 3, 0)))
+            vals = {}
+            for md in modes:
+                v = word.word_select(k[:(md.lanes - 1).bit_length()], md.bits) \
+                    if md.lanes > 1 else word
+                vals[md] = v.as_signed() + Mux(off, 1 << (md.bits - 1), 0)
+            return by_mode(mode, vals)
 
         x_off, x2_off = Signal(), Signal()
         m.d.comb += [x_off.eq((ins.flags & Flag.X_OFF) != 0),
                      x2_off.eq((ins.flags & Flag.X2_OFF) != 0)]
-        for k in range(4):
+        for k in range(lanes_max):
             val = lane_value(rd.data, Const(k, 3), ins.mode, x_off)
             with m.If(pv):
                 with m.If(pfirst):
@@ -347,9 +354,9 @@ class ArrayCore(wiring.Component):
                     m.d.sync += lane_acc[k].eq(Mux(val > lane_acc[k], val, lane_acc[k]))
                 with m.Else():
                     m.d.sync += lane_acc[k].eq(lane_acc[k] + val)
-        lane_acc_sel = Signal(signed(34))
+        lane_acc_sel = Signal(signed(LANE_BITS))
         with m.Switch(vk):
-            for k in range(4):
+            for k in range(lanes_max):
                 with m.Case(k):
                     m.d.comb += lane_acc_sel.eq(lane_acc[k])
 
@@ -379,11 +386,8 @@ class ArrayCore(wiring.Component):
                 m.next = "FETCH"
             with m.State("FETCH"):
                 with m.If(cnt == 0):
-                    now = [self.cycles, self.reads, self.writes]
-                    m.d.sync += [s_.eq(v) for s_, v in zip(snap, now, strict=True)]
                     with m.If((layer != 0) & (layer <= self.max_layers)):
-                        m.d.sync += [cq.eq(Cat(*((v - s_)[:32] for s_, v in zip(snap, now,
-                                                                                strict=True)))),
+                        m.d.sync += [cq.eq(Cat(self.cycles, self.reads, self.writes)),
                                      cq_n.eq(COUNTER_WORDS),
                                      caddr.eq((layer - 1) * COUNTER_WORDS)]
                     m.d.sync += layer.eq(layer + 1)
@@ -437,7 +441,7 @@ class ArrayCore(wiring.Component):
                         m.d.sync += [lk.eq(0), lp.eq(lp + 1)]
                     with m.Else():
                         m.d.sync += lk.eq(lk + 1)
-                wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal(16)
+                wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal.like(lk)
                 m.d.sync += [wl_v.eq(issue), wl_p.eq(lp), wl_k.eq(lk)]
                 for p in range(P):
                     _, wport = wbufs[p]
@@ -452,7 +456,7 @@ class ArrayCore(wiring.Component):
                 with m.If(issue):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pptr)]
                     m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1)]
-                pl_v, pl_n = Signal(), Signal(24)
+                pl_v, pl_n = Signal(), Signal.like(cnt)
                 m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt)]
                 pacc = Signal(64)
                 with m.If(pl_v):
@@ -479,9 +483,9 @@ class ArrayCore(wiring.Component):
                     m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
                                  iss_in.eq(inside), iss_ph.eq(ph)]
                     with m.If(inside & ~ph):
-                        m.d.comb += [r_en.eq(1), r_addr.eq((tc + cwb + j).as_unsigned())]
-                    kidx = Signal(16)  # the word's index in the kernel
-                    kcount = Signal(16)
+                        m.d.comb += [r_en.eq(1), r_addr.eq(tc + cwb + j)]
+                    kidx = Signal.like(lk)  # the word's index in the kernel
+                    kcount = Signal.like(lk)
                     m.d.comb += kidx.eq(kcount)
                     for p in range(P):
                         rport, _ = wbufs[p]
@@ -549,7 +553,7 @@ class ArrayCore(wiring.Component):
             # by bit) through the requantizer's clamp and code
             with m.State("POOL_TAP"):
                 with m.If(inside):
-                    m.d.comb += [r_en.eq(1), r_addr.eq((tc + j).as_unsigned())]
+                    m.d.comb += [r_en.eq(1), r_addr.eq(tc + j)]
                 m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
                 with m.If(inside):
                     m.d.sync += first_tap.eq(0)
@@ -569,26 +573,22 @@ class ArrayCore(wiring.Component):
                 with m.Else():
                     m.next = "POOL_LANES"
             with m.State("POOL_MUL"):
-                # t = 2 * sum + rc (non-negative), times rm bit by bit
+                # (t * rm) >> rk, t = 2 * sum + rc (non-negative), least significant bit of rm
+                # first, shifting right each step: mp_(i+1) = (mp_i + rm[i] * t) >> 1 is
+                # floor(t * (rm mod 2**(i+1)) / 2**(i+1)), and rm < 2**rk (rk steps; a
+                # barrel shifter or a full product would cost hundreds of logic cells for a
+                # division that runs once per pooled value)
                 with m.If(mi == 0):
                     m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
                 with m.Else():
-                    with m.If(ins.rm.bit_select((mi - 1)[:5].as_unsigned(), 1)):
-                        m.d.sync += mp.eq(mp + mt)
-                    m.d.sync += mt.eq(mt << 1)
+                    bit = Mux(mi <= 32, ins.rm.bit_select((mi - 1)[:5].as_unsigned(), 1), 0)
+                    m.d.sync += mp.eq((mp + Mux(bit, mt, 0)) >> 1)
                 m.d.sync += mi.eq(mi + 1)
-                with m.If(mi == 32):
-                    m.d.sync += [mi.eq(0), ms.eq(0)]
-                    m.next = "POOL_SHIFT"
-            with m.State("POOL_SHIFT"):
-                # >> rk a bit a cycle (a barrel shifter of the product's width would cost
-                # hundreds of logic cells for a division that runs once per pooled value)
-                with m.If(ms == ins.rk):
+                with m.If(mi == ins.rk):
+                    m.d.sync += mi.eq(0)
                     m.next = "POOL_DIV"
-                with m.Else():
-                    m.d.sync += [mp.eq(mp >> 1), ms.eq(ms + 1)]
             with m.State("POOL_DIV"):
-                m.d.comb += [vq_valid.eq(1), vq_value.eq(mp - ins.rbig)]
+                m.d.comb += [vq_valid.eq(1), vq_value.eq(mp.as_signed() - ins.rbig)]
                 m.d.sync += vk.eq(vk + 1)
                 with m.If(vk == lanes_y - 1):
                     m.next = "POOL_WAIT"
@@ -615,4 +615,18 @@ class ArrayCore(wiring.Component):
         return m
 
 
-__all__ = ["ArrayCore", "unsigned"]
+def layer_counters(words) -> "np.ndarray":
+    """Each layer's own (cycles, reads, writes), (..., layers, 3), from the counter memory's
+    words (..., layers * COUNTER_WORDS): the hardware keeps the run's totals at each layer's
+    end (no subtractors), the differences are taken here."""
+    import numpy as np
+
+    w = np.asarray(words, np.int64)
+    w = w.reshape(*w.shape[:-1], -1, 3, 2)
+    total = w[..., 0] | (w[..., 1] << 16)
+    start = np.zeros_like(total)
+    start[..., 1:, :] = total[..., :-1, :]
+    return (total - start) % (1 << 32)
+
+
+__all__ = ["COUNTER_WORDS", "LANE_BITS", "ArrayCore", "layer_counters"]

@@ -98,8 +98,8 @@ class HostLink(wiring.Component):
     `acc` is the `Accelerator` it will be connected to (its formats, class bits and weight-image
     size are read here); `clock_hz` and `design_hash` are reported by INFO; `timeout_cycles` is
     the inter-byte timeout inside a frame; `stall_cycles` (default: the timeout plus eight
-    times the plan's summed stage cycles, plus 4096) bounds every wait on the accelerator or
-    transmitter; `rx_fifo_depth` is the received-byte queue; `counter_bits` the width of the
+    times the plan's summed stage cycles, or the accelerator's ``work_cycles``, plus 4096)
+    bounds every wait on the accelerator or transmitter; `rx_fifo_depth` is the received-byte queue; `counter_bits` the width of the
     link's own counters.
 
     Ports: ``rx`` (bytes from `UartRx`), ``tx`` (bytes to `UartTx`), ``rx_error`` (a UART
@@ -125,6 +125,7 @@ class HostLink(wiring.Component):
         if stall_cycles is None:
             plan = getattr(acc, "plan", None)
             work = sum(s.cycles for s in plan.stages) if plan is not None else 0
+            work = getattr(acc, "work_cycles", work)  # (the PE array: one image's cycles)
             stall_cycles = timeout_cycles + 8 * math.ceil(work) + 4096
         if stall_cycles < 1:
             raise ShapeError(f"stall_cycles {stall_cycles!r} must be positive")

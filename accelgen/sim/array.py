@@ -21,7 +21,7 @@ import numpy as np
 from amaranth.back import rtlil
 
 from accelgen.array.compiler import Program, from_words, to_words
-from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore
+from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore, layer_counters
 from accelgen.errors import AccelgenError
 from accelgen.sim.compiled import (
     CompiledDesign,
@@ -89,13 +89,15 @@ def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> Compi
 
 
 def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None,
-                   acc_bits: int | None = None, max_cycles: int = 200_000_000,
+                   acc_bits: int | None = None, modes=None, max_cycles: int = 200_000_000,
                    stop: threading.Event | None = None) -> ArrayResult:
-    """Run input codes `x` (N, H, W, C) through the compiled array for `program`."""
+    """Run input codes `x` (N, H, W, C) through the compiled array for `program`, built with
+    `acc_bits` and `modes` (default: the program's own, as a build for it has them)."""
     x = np.asarray(x, np.int64)
     # the model is the array alone (its memory empty): one compiled model serves every
     # program for this array; the program's image is written through the external port
-    core = ArrayCore(program.config, (), acc_bits=acc_bits or program.acc_bits, family=family)
+    core = ArrayCore(program.config, (), acc_bits=acc_bits or program.acc_bits, family=family,
+                     modes=program.modes if modes is None else modes)
     design = compile_array(core, stop)
     dll = ctypes.CDLL(str(design.library))
     dll.ag_array_new.restype = ctypes.c_void_p
@@ -132,14 +134,13 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
     if rc:
         raise SimulationError(f"the array did not finish an image within {max_cycles:,} "
                               "cycles")
-    lw = layer_words.astype(np.int64).reshape(n, layers, 3, 2)
-    per_layer = lw[..., 0] | (lw[..., 1] << 16)
+    per_layer = layer_counters(layer_words)
     return ArrayResult(from_words(words_out.astype(np.int64), out), counters.astype(np.int64),
                        per_layer, sim_cycles.value / max(seconds, 1e-9))
 
 
 def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None = None,
-                         acc_bits: int | None = None) -> ArrayResult:
+                         acc_bits: int | None = None, modes=None) -> ArrayResult:
     """`simulate_array` in Amaranth's simulator (slow: small models, or a few images); the
     memory after the last image is in ``ArrayResult.memory``."""
     from amaranth.sim import Simulator
@@ -156,6 +157,7 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
         image[:program.image.size] = program.image
         image[inp.addr:inp.addr + inp.words] = to_words(x[k:k + 1], inp)[0]
         dut = ArrayCore(program.config, image, acc_bits=acc_bits or program.acc_bits,
+                        modes=program.modes if modes is None else modes,
                         family=family)
         got: dict = {}
 
@@ -181,8 +183,7 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
         memory = got["mem"]
         outputs.append(from_words(memory[None, out.addr:out.addr + out.words], out)[0])
         counters.append(got["counters"])
-        w = np.array(got["layers"], np.int64).reshape(-1, 3, 2)
-        layers.append(w[..., 0] | (w[..., 1] << 16))
+        layers.append(layer_counters(got["layers"]))
         total += got["counters"][0]
     seconds = time.perf_counter() - t0
     return ArrayResult(np.stack(outputs), np.array(counters, np.int64), np.stack(layers),
