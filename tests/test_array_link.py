@@ -35,7 +35,7 @@ def _open(acc: ArrayAccelerator) -> Device:
     return Device(SimTransport(linked), timeout_s=HOST_TIMEOUT_S, retries=1)
 
 
-@pytest.mark.parametrize("bits,family", [(8, "ice40"), (4, None)])
+@pytest.mark.parametrize(("bits", "family"), [(8, "ice40"), (4, None)])
 def test_array_over_the_link_equals_golden(bits: int, family: str | None) -> None:
     qg = _model(bits)
     program = compile_graph(qg, ArrayConfig(pes=4, mem_words=4096, wbuf_words=256,
@@ -45,7 +45,7 @@ def test_array_over_the_link_equals_golden(bits: int, family: str | None) -> Non
     dev = _open(acc)
     assert dev.info().load_bytes == (0 if family is None else 2 * program.image.size)
     if family:
-        with pytest.raises(DeviceError, match="NOT_LOADED|not loaded"):
+        with pytest.raises(DeviceError, match=r"NOT_LOADED|not loaded"):
             dev.infer(np.zeros(qg.tensors[qg.inputs[0].tensor].shape, np.int64))
         dev.load_weights(acc.weight_image(), chunk=200)
     t = qg.tensors[qg.inputs[0].tensor]

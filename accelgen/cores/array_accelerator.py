@@ -159,11 +159,10 @@ class ArrayAccelerator(wiring.Component):
             with m.State("START"):
                 m.d.comb += core.start.eq(1)
                 m.next = "RUN"
-            with m.State("RUN"):
-                with m.If(~core.busy):
-                    m.d.sync += [self.latency.eq(core.cycles), o_word.eq(0), o_lane.eq(0),
-                                 o_chan.eq(0), o_pix.eq(0)]
-                    m.next = "READ"
+            with m.State("RUN"), m.If(~core.busy):
+                m.d.sync += [self.latency.eq(core.cycles), o_word.eq(0), o_lane.eq(0),
+                             o_chan.eq(0), o_pix.eq(0)]
+                m.next = "READ"
             with m.State("READ"):  # the word's address is on the port; its data next cycle
                 m.d.comb += ext_addr.eq(out.addr + o_word)
                 m.next = "HOLD"

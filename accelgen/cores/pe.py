@@ -92,7 +92,8 @@ class MultiModePE(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         a, w, mode = self.a, self.w, self.mode
-        dot = Signal(signed(34 if Mode.B16 in self.modes else 17))  # the products' sum, registered (cycle t + 1)
+        # the products' sum, registered (cycle t + 1)
+        dot = Signal(signed(34 if Mode.B16 in self.modes else 17))
         valid1 = Signal()
         clear1 = Signal()
         m.d.sync += [valid1.eq(self.valid), clear1.eq(self.clear)]

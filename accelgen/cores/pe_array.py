@@ -615,7 +615,7 @@ class ArrayCore(wiring.Component):
         return m
 
 
-def layer_counters(words) -> "np.ndarray":
+def layer_counters(words):
     """Each layer's own (cycles, reads, writes), (..., layers, 3), from the counter memory's
     words (..., layers * COUNTER_WORDS): the hardware keeps the run's totals at each layer's
     end (no subtractors), the differences are taken here."""

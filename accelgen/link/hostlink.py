@@ -99,8 +99,8 @@ class HostLink(wiring.Component):
     size are read here); `clock_hz` and `design_hash` are reported by INFO; `timeout_cycles` is
     the inter-byte timeout inside a frame; `stall_cycles` (default: the timeout plus eight
     times the plan's summed stage cycles, or the accelerator's ``work_cycles``, plus 4096)
-    bounds every wait on the accelerator or transmitter; `rx_fifo_depth` is the received-byte queue; `counter_bits` the width of the
-    link's own counters.
+    bounds every wait on the accelerator or transmitter; `rx_fifo_depth` is the received-byte
+    queue; `counter_bits` the width of the link's own counters.
 
     Ports: ``rx`` (bytes from `UartRx`), ``tx`` (bytes to `UartTx`), ``rx_error`` (a UART
     overrun or framing-error pulse, counted), ``acc_i``/``acc_o``/``acc_cls`` (the flipped
