@@ -636,7 +636,8 @@ def print_array_estimate(e, reason: str = "") -> None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from accelgen.array.targets import DoesNotFitArray, NotOnArray, estimate_array
+    from accelgen.arch import choose_arch
+    from accelgen.array.targets import DoesNotFitArray, NotOnArray
     from accelgen.devices import device
     from accelgen.scheduler import DoesNotFit, plan
 
@@ -644,49 +645,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     qg = quantized_for(args.model, calib=args.calib_data, bits=args.bits)
     if args.arch in ("array", "auto"):
         try:
-            est = estimate_array(qg, dev, args.clock)
-            array_error = ""
+            choice = choose_arch(args.arch, qg, dev, fps=args.fps, clock_mhz=args.clock)
         except (NotOnArray, DoesNotFitArray) as err:
-            est, array_error = None, str(err)
-        if args.arch == "array":
-            if est is None:
-                if args.json:
-                    print(json.dumps({"fits": False, "arch": "array", "device": dev.name,
-                                      "reason": array_error}))
-                    return 1
-                raise UsageError(f"the PE array cannot run this model: {array_error}")
             if args.json:
-                print(json.dumps(est.summary()))
-            else:
-                print_array_estimate(est)
-            return 0
-        try:
-            p = plan(qg, dev, fps=args.fps, clock_mhz=args.clock)
-        except DoesNotFit as err:
-            p, pipeline_error = None, str(err)
-        else:
-            pipeline_error = ""
-        if p is None and est is None:
-            raise UsageError(f"{qg.name} fits neither template on {dev.name}: the pipeline: "
-                             f"{pipeline_error}; the PE array: {array_error}")
-        if p is not None and (est is None or p.fps >= est.fps):
-            why = (f"the streaming pipeline: {p.fps:,.0f} FPS against the PE array's "
-                   f"{est.fps:,.1f}" if est is not None else
-                   f"the streaming pipeline (the PE array cannot run it: {array_error})")
+                print(json.dumps({"fits": False, "arch": "array", "device": dev.name,
+                                  "reason": str(err)}))
+                return 1
+            raise UsageError(f"the PE array cannot run this model: {err}") from None
+        auto = args.arch == "auto"
+        if choice.arch == "pipeline":
             if args.json:
-                print(json.dumps({**p.summary(), "arch": "pipeline", "why": why}))
+                print(json.dumps({**choice.plan.summary(), "arch": "pipeline",
+                                  "why": choice.why}))
             else:
-                print(f"--arch auto chose {why}")
-                print_plan(p)
+                print(f"--arch auto chose {choice.why}")
+                print_plan(choice.plan)
             return 0
-        why = (f"the PE array: {est.fps:,.1f} FPS against the pipeline's {p.fps:,.0f}"
-               if p is not None else
-               f"the PE array (the streaming pipeline does not fit: {pipeline_error})")
         if args.json:
-            print(json.dumps({**est.summary(), "why": why}))
+            print(json.dumps({**choice.plan.summary(), **({"why": choice.why} if auto else {})}))
         else:
-            print(f"--arch auto chose {why}")
-            print_array_estimate(est)
+            if auto:
+                print(f"--arch auto chose {choice.why}")
+            print_array_estimate(choice.plan)
         return 0
     try:
         p = plan(qg, dev, fps=args.fps, clock_mhz=args.clock)
@@ -724,6 +704,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     import time
 
     from accelgen import boards
+    from accelgen.array.targets import DoesNotFitArray, NotOnArray
     from accelgen.flow import BuildOptions, build
     from accelgen.scheduler import DoesNotFit
 
@@ -736,9 +717,12 @@ def cmd_build(args: argparse.Namespace) -> int:
                         clock_mhz=args.clock, fps=args.fps,
                         out=Path(args.out) if args.out else None, synth=not args.no_synth,
                         seeds=args.seeds, check_images=args.check_images, baud=args.baud,
-                        retry_lower_clock=args.retry_lower_clock, use_cache=not args.no_cache)
+                        retry_lower_clock=args.retry_lower_clock, use_cache=not args.no_cache,
+                        arch=args.arch)
     try:
         outcome = build(opts, say)
+    except (NotOnArray, DoesNotFitArray) as err:
+        raise UsageError(f"the PE array cannot run this model: {err}") from None
     except DoesNotFit as err:
         print_does_not_fit(err, boards.board(args.board).device.name)
         raise
@@ -862,6 +846,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-lower-clock", action="store_true",
                    help="on a timing failure, build once more at the achieved Fmax")
     s.add_argument("--no-cache", action="store_true", help="run the tools even if cached")
+    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="pipeline",
+                   help="the streaming pipeline (default), the layer-sequential PE array, or "
+                        "whichever fits and is faster (the report says why)")
     s.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("boards", help="list the boards and their resources")

@@ -67,6 +67,7 @@ class BuildOptions:
     baud: int | None = None
     retry_lower_clock: bool = False
     use_cache: bool = True
+    arch: str = "pipeline"
 
 
 @dataclass
@@ -124,22 +125,41 @@ def self_check_engine() -> str:
 def run_self_check(acc, qg, x: np.ndarray, stop: threading.Event | None = None,
                    engine: str = "pysim") -> dict:
     """Simulate `x` (model-layout inputs) with `engine` and compare with golden; `stop`
-    cancels."""
+    cancels. The PE array (`ArrayAccelerator`) runs on Verilator, or Amaranth's simulator
+    where Verilator is not installed (`engine` names the pipeline's engine only)."""
     from accelgen import golden
-    from accelgen.sim import simulate
 
     t0 = time.monotonic()
     x_ir = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
     want = golden.logits(qg, x)
-    sim = simulate(acc, x_ir, backend=engine, stop=stop)
-    return {"images": len(x), "engine": engine, "equal": bool(np.array_equal(sim.logits, want)),
-            "classes_equal": bool(np.array_equal(sim.classes, want.argmax(axis=1))),
-            "cycles": [int(c) for c in sim.cycles], "seconds": time.monotonic() - t0}
+    if hasattr(acc, "program"):
+        from accelgen.sim.array import simulate_array, simulate_array_pysim
+        from accelgen.sim.compiled import CompilerMissing
+
+        try:
+            r = simulate_array(acc.program, x_ir, family=acc.core.family, stop=stop)
+            engine = "verilator"
+        except CompilerMissing:
+            r = simulate_array_pysim(acc.program, x_ir, family=acc.core.family)
+            engine = "pysim"
+        qo = qg.outputs[0]
+        logits = r.outputs.reshape(len(x), -1)[:, qo.layout.reshape(-1)]
+        classes = logits.argmax(axis=1)
+        cycles = r.counters[:, 0]
+    else:
+        from accelgen.sim import simulate
+
+        sim = simulate(acc, x_ir, backend=engine, stop=stop)
+        logits, classes, cycles = sim.logits, sim.classes, sim.cycles
+    return {"images": len(x), "engine": engine, "equal": bool(np.array_equal(logits, want)),
+            "classes_equal": bool(np.array_equal(classes, want.argmax(axis=1))),
+            "cycles": [int(c) for c in cycles], "seconds": time.monotonic() - t0}
 
 
 def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
     """The whole flow (module docstring)."""
     from accelgen import boards, evaluate
+    from accelgen.arch import ARCHES, choose_arch
     from accelgen.boards.clocking import pll_settings
     from accelgen.build import TimingFailure, tool_versions
     from accelgen.cli import default_data, quantized_for, resolve_model
@@ -151,6 +171,8 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
         raise UsageError(f"--seeds {opts.seeds!r} must be at least 1")
     if not 2 <= opts.bits <= 16:
         raise UsageError(f"--bits {opts.bits!r} must be between 2 and 16")
+    if opts.arch not in ARCHES:
+        raise UsageError(f"--arch {opts.arch!r}: choose one of {', '.join(ARCHES)}")
     model_path = resolve_model(opts.model)
     out = Path(opts.out) if opts.out else Path("build") / f"{model_path.stem}-{board.name}"
     check_writable(out)
@@ -174,19 +196,25 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
                                         "golden").accuracy,
         }
 
-    wanted = opts.clock_mhz or board.device.planned_clock_mhz
+    choice = choose_arch(opts.arch, qg, board.device, fps=opts.fps, clock_mhz=opts.clock_mhz)
+    if opts.arch == "auto":
+        say(f"--arch auto chose {choice.why}")
+    wanted = opts.clock_mhz or (choice.plan.clock_mhz if choice.arch == "array" else
+                                board.device.planned_clock_mhz)
     baud = opts.baud or boards.DEFAULT_BAUD
     retried = False
     while True:
         pll = pll_settings(board.family, board.clock_mhz, wanted)
-        say(f"planning for {board.title} at {pll.f_out_mhz:g} MHz")
-        p, acc, linked = make_design(qg, board, pll.f_out_mhz, baud, opts.fps)
+        say(f"planning the {'PE array' if choice.arch == 'array' else 'pipeline'} for "
+            f"{board.title} at {pll.f_out_mhz:g} MHz")
+        p, acc, linked = make_design(qg, board, pll.f_out_mhz, baud, opts.fps, choice.arch)
         partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
             report = _build_into(partial, opts, board, qg, p, acc, linked, pll, baud, accuracy,
                                  evaluation, say, t_start)
+            report["arch"] = {"chosen": choice.arch, "asked": opts.arch, "why": choice.why}
         except TimingFailure as err:
             if opts.retry_lower_clock and not retried:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -216,22 +244,32 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
     return BuildOutcome(out, report, summary_lines(report))
 
 
-def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None):
-    """(plan, accelerator, accelerator behind its host link) for `board` at `clock_mhz`.
-    `DoesNotFit` when the model does not fit. The design hash INFO reports is a digest of the
-    plan, so a board running another build is recognised."""
+def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None,
+                arch: str = "pipeline"):
+    """(plan, accelerator, accelerator behind its host link) for `board` at `clock_mhz`, with
+    the streaming pipeline (`plan` a `HardwarePlan`; `DoesNotFit` when the model does not
+    fit) or the PE array (``arch="array"``: an `ArrayEstimate` and an `ArrayAccelerator`).
+    The design hash INFO reports is a digest of the plan, so a board running another build
+    is recognised."""
     from accelgen.accelerator import Accelerator
     from accelgen.link.hostlink import LinkedAccelerator
     from accelgen.link.uart import uart_divisor
     from accelgen.scheduler import plan
     from accelgen.scheduler.resources import link_counter_bits
 
-    p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
     try:
         divisor = uart_divisor(round(clock_mhz * 1e6), baud)
     except (ValueError, AccelgenError) as err:
         raise UsageError(f"--baud {baud}: {err}; choose a lower rate") from None
-    acc = Accelerator(p)
+    if arch == "array":
+        from accelgen.array.targets import array_target, estimate_array
+        from accelgen.cores.array_accelerator import ArrayAccelerator
+
+        p = estimate_array(qg, board.device, clock_mhz)
+        acc = ArrayAccelerator(p.program, family=array_target(board.device).family)
+    else:
+        p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
+        acc = Accelerator(p)
     design_hash = int(_digest(json.dumps(p.summary(), sort_keys=True, default=str))[:8], 16)
     linked = LinkedAccelerator(acc, divisor=divisor, clock_hz=round(clock_mhz * 1e6),
                                design_hash=design_hash,
@@ -331,8 +369,9 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
         pool.shutdown(wait=True, cancel_futures=True)
     s = p.summary()
     latency = (check.get("cycles") or [s["cycles_per_image"]])[0]
-    info = {"input_bytes": acc.in_tensor.size * ((acc.in_tensor.bits + 7) // 8),
-            "logit_bytes": acc.out_tensor.size * ((acc.out_tensor.bits + 7) // 8)}
+    fi, fo = acc.in_fmt, acc.out_fmt
+    info = {"input_bytes": fi.height * fi.width * fi.channels * ((fi.bits + 7) // 8),
+            "logit_bytes": fo.height * fo.width * fo.channels * ((fo.bits + 7) // 8)}
     fmax = result.best.fmax_mhz if result else None
     clock = pll.f_out_mhz
     macs = s["macs_per_image"]
@@ -378,7 +417,7 @@ def planned_resources(p, s: dict) -> dict:
     """The plan's resources in the units of nextpnr's report: on Gowin the DSP count is of
     multiplier cells (MULT9X9, two per DSP block), not of blocks."""
     planned = dict(s["resources"])
-    if p.device.family == "gowin":
+    if hasattr(p, "dsp_products") and p.device.family == "gowin":
         planned["dsp"] = {"used": p.dsp_products, "available": 2 * p.device.dsp_blocks}
     return planned
 

@@ -202,3 +202,34 @@ def test_overfull_synthesis_stops_before_place_and_route(tmp_path: Path) -> None
                               workdir=work, bitstream_ext=".bin", use_cache=False,
                               logic_capacity=100)
     assert not list(work.glob("nextpnr_*.log"))  # the placer never started
+
+
+def test_array_build_checks_itself_and_reports_why(tmp_path: Path, capsys) -> None:
+    """`build --arch array` (the design and its self-check; synthesis is in the slow tests):
+    the PE array's report, its cycles the cost model's, its self-check bit-exact."""
+    from accelgen.array.machine import totals
+    from accelgen.array.targets import estimate_array
+    from accelgen.boards import board
+    from accelgen.cli import quantized_for
+
+    model = _tiny_model(tmp_path / "t.onnx")
+    out = tmp_path / "out"
+    assert main(["build", "--arch", "array", "--no-synth", "--check-images", "2", "--model",
+                 str(model), "--out", str(out)]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["arch"] == {"chosen": "array", "asked": "array", "why": "--arch array"}
+    est = estimate_array(quantized_for(str(model), bits=8), board("ice40").device)
+    assert report["cycles_per_image"] == totals(est.program)[0] == est.cycles_per_image
+    assert report["self_check"]["equal"] and report["self_check"]["engine"] == "verilator"
+    assert report["self_check"]["cycles"] == [est.cycles_per_image] * 2
+    assert report["load_bytes"] == 2 * est.program.image.size
+    assert (out / "weights.bin").stat().st_size == report["load_bytes"]
+    assert report["resources"]["dsp"] == {"used": 8, "available": 8}
+    # --arch auto says which template it chose and why
+    auto = tmp_path / "auto"
+    assert main(["build", "--arch", "auto", "--no-synth", "--check-images", "0", "--model",
+                 str(model), "--out", str(auto)]) == 0
+    why = json.loads((auto / "report.json").read_text())["arch"]
+    assert why["asked"] == "auto" and "FPS" in why["why"]
+    assert why["why"].startswith("the PE array" if why["chosen"] == "array" else
+                                 "the streaming pipeline")

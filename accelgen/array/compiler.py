@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from accelgen import golden
-from accelgen.array.isa import WORDS, Flag, Instr, Mode, Op, encode
+from accelgen.array.isa import FIELDS, WORDS, Flag, Instr, Mode, Op, encode
 from accelgen.errors import AccelgenError
 from accelgen.ir import window_output_size
 from accelgen.kernels import counted_taps
@@ -156,6 +156,52 @@ class Program:
             if ins.op == Op.ADD:
                 used.add(Mode(ins.x2_mode))
         return frozenset(used) or frozenset({Mode.B8})
+
+    @property
+    def ops(self) -> frozenset[Op]:
+        """The operations the program's instructions use (END included)."""
+        return frozenset(Op(ins.op) for ins in self.instructions)
+
+    @property
+    def align(self) -> int:
+        """The largest input alignment (left shift) of the program's adds."""
+        return max([max(ins.align, ins.align2) for ins in self.instructions
+                    if ins.op == Op.ADD] or [0])
+
+    @property
+    def field_bits(self) -> dict[str, int]:
+        """Per instruction field, the bits its values in this program need (two's complement
+        for a signed field): the core keeps no more of it (registers, comparators, adders)."""
+        out = {}
+        for name, bits, signed_ in FIELDS:
+            need = 1
+            for ins in self.instructions:
+                v = int(getattr(ins, name))
+                need = max(need, (v.bit_length() + 1) if signed_ else v.bit_length())
+            out[name] = min(bits, need)
+        return out
+
+    def needs(self) -> dict:
+        """What a core must be built with to run this program (`ArrayCore`'s options)."""
+        return {"acc_bits": self.acc_bits, "modes": self.modes, "shifts": self.shift_range,
+                "ops": self.ops, "align": self.align, "fields": self.field_bits}
+
+    @property
+    def shift_range(self) -> tuple[int, int]:
+        """(most negative, most positive) requantization shift the program uses (every
+        convolution channel's, read from the image, and the vector operations'): the
+        requantizer built for it shifts no further (`ArrayCore`'s ``shifts``)."""
+        lo = hi = 0
+        for ins in self.instructions:
+            if ins.op == Op.CONV:
+                words = self.image[ins.p_addr + 3:ins.p_addr + PARAM_WORDS * ins.groups
+                                   * ins.gsz:PARAM_WORDS].astype(np.int64)
+                s = words - ((words >> 15) << 16)
+                if s.size:
+                    lo, hi = min(lo, int(s.min())), max(hi, int(s.max()))
+            elif ins.op != Op.END:
+                lo, hi = min(lo, ins.shift), max(hi, ins.shift)
+        return lo, hi
 
 
 def widest(*modes: Mode) -> Mode:

@@ -10,7 +10,7 @@ is False and the estimate says so).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from accelgen.array.compiler import ArrayConfig, DoesNotFitArray, NotOnArray, compile_graph
 from accelgen.array.isa import Mode
@@ -67,6 +67,9 @@ class ArrayEstimate:
     mac_utilization: float
     layers: list[dict]
     logic_checked: bool = False
+    macs_per_image: int = 0
+    resources: dict = field(default_factory=dict)  # planned: the counts known exactly
+    program: object = field(default=None, repr=False, compare=False)  # the compiled Program
 
     @property
     def fps(self) -> float:
@@ -82,6 +85,7 @@ class ArrayEstimate:
                            "reads_per_image": self.memory_reads,
                            "writes_per_image": self.memory_writes},
                 "weight_bytes": self.weight_bytes, "logic_checked": self.logic_checked,
+                "macs_per_image": self.macs_per_image, "resources": self.resources,
                 "layers": self.layers}
 
 
@@ -102,10 +106,17 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
                      "reads": c.reads, "writes": c.writes, "macs": c.macs,
                      "mac_utilization": c.macs / (c.cycles * slots) if c.macs else None})
     macs = sum(c.macs for c in cost(program))
+    resources = {}
+    if target.family == "ice40":  # one SB_MAC16 a PE; the main memory in SPRAM
+        resources["dsp"] = {"used": cfg.pes, "available": dev.dsp_blocks}
+        if dev.spram_blocks:
+            resources["spram"] = {"used": -(-cfg.mem_words // SPRAM_WORDS),
+                                  "available": dev.spram_blocks}
     return ArrayEstimate(dev.name, clock_mhz or target.clock_mhz, cfg.pes, cycles, reads,
                          writes, program.words, cfg.mem_words,
                          2 * program.regions["weights and parameters"],
-                         macs / capacity if capacity else 0.0, rows)
+                         macs / capacity if capacity else 0.0, rows, macs_per_image=macs,
+                         resources=resources, program=program)
 
 
 __all__ = ["ArrayEstimate", "ArrayTarget", "DoesNotFitArray", "NotOnArray", "array_target",

@@ -19,7 +19,8 @@ link, the board top and the host driver serve both templates unchanged.
   `accelgen.array.machine.totals` predicts), ``images``: images completed.
 
 An input beat is taken a cycle; the core runs while no beat is taken (the host link holds the
-next frame's codes back until the response is out).
+next frame's codes back until the response is out). Writes to the core's memory are
+registered: they land a cycle after their byte or beat.
 """
 
 from __future__ import annotations
@@ -37,17 +38,16 @@ from accelgen.errors import ShapeError
 
 
 class ArrayAccelerator(wiring.Component):
-    """`program` on its `ArrayCore` (module docstring). `family`, `acc_bits` and `modes` as
-    for the core (default: the program's); `baked` (default: not on iCE40) builds the image into
+    """`program` on its `ArrayCore` (module docstring), for `family`, built with
+    `Program.needs` updated with `build`; `baked` (default: not on iCE40) builds the image into
     the memory instead of loading it."""
 
     def __init__(self, program: Program, *, family: str | None = None,
-                 acc_bits: int | None = None, modes=None, baked: bool | None = None) -> None:
+                 build: dict | None = None, baked: bool | None = None) -> None:
         self.program = program
         self.baked = (family != "ice40") if baked is None else baked
         self.core = ArrayCore(program.config, program.image if self.baked else (),
-                              acc_bits=acc_bits or program.acc_bits, family=family,
-                              modes=program.modes if modes is None else modes)
+                              family=family, **{**program.needs(), **(build or {})})
         self.inp = program.tensors[program.input]
         self.out = program.tensors[program.output]
         for name, p in (("input", self.inp), ("output", self.out)):
@@ -136,11 +136,14 @@ class ArrayAccelerator(wiring.Component):
         lane_code = o_data.word_select(o_lane, out_bits) if out_lanes > 1 else o_data
         value = lane_code.as_signed() + out.code_offset
 
-        ext_addr = Signal(abits)
-        m.d.comb += [core.ext_addr.eq(ext_addr),
-                     core.ext_wdata.eq(Mux(ld_we, Cat(ld_low, self.load.payload), placed)),
-                     core.ext_we.eq(ld_we | in_we)]
-        m.d.comb += ext_addr.eq(Mux(ld_we, ld_addr, in_addr))
+        # writes reach the core's port a cycle later, from registers (the link's frame logic
+        # stays off the memory's address and enable paths)
+        ext_addr = Signal(abits)  # a read's address (from registers)
+        w_we, w_addr, w_data = Signal(), Signal(abits), Signal(16)
+        m.d.sync += [w_we.eq(ld_we | in_we), w_addr.eq(Mux(ld_we, ld_addr, in_addr)),
+                     w_data.eq(Mux(ld_we, Cat(ld_low, self.load.payload), placed))]
+        m.d.comb += [core.ext_addr.eq(Mux(w_we, w_addr, ext_addr)), core.ext_wdata.eq(w_data),
+                     core.ext_we.eq(w_we)]
 
         with m.FSM():
             with m.State("INPUT"):

@@ -34,13 +34,22 @@ against cycle for cycle; the memory has one port (one read or one write per cycl
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+import itertools
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accelgen.array.compiler import LANE_BITS, MAX_LEFT_SHIFT, PARAM_WORDS, ArrayConfig
-from accelgen.array.isa import LAYOUT, WORDS, Flag, Mode, Op
+from accelgen.array.compiler import (
+    LANE_BITS,
+    MAX_ALIGN,
+    MAX_LEFT_SHIFT,
+    MAX_RIGHT_SHIFT,
+    PARAM_WORDS,
+    ArrayConfig,
+)
+from accelgen.array.isa import FIELDS, LAYOUT, WORDS, Flag, Mode, Op
 from accelgen.cores.pe import LATENCY, MultiModePE, by_mode
 from accelgen.errors import ShapeError
 
@@ -56,6 +65,20 @@ class _PortView:
         self.data = data if data is not None else Signal(16)
 
 
+class _Fields:
+    """The fetched instruction's fields, each cut to the bits the build keeps (`fields`):
+    ``ins.name`` is an unsigned or a sign-extended signed value of those bits."""
+
+    def __init__(self, view, bits: dict[str, int]) -> None:
+        self._view = view
+        self._bits = bits
+        self._signed = {name: s for name, _, s in FIELDS}
+
+    def __getattr__(self, name: str):
+        v = Value.cast(getattr(self._view, name))[:self._bits[name]]
+        return v.as_signed() if self._signed[name] else v
+
+
 class ArrayCore(wiring.Component):
     """The controller, PEs and memory (module docstring).
 
@@ -66,13 +89,31 @@ class ArrayCore(wiring.Component):
     per-layer counters (a cycle after the address): for each layer the run's cycles, reads and
     writes *up to its end* (`layer_counters` turns them into each layer's own).
 
-    `acc_bits` and `modes` specialise the hardware to the programs it will run
-    (`Program.acc_bits`, `Program.modes`); a program needing more is undefined.
+    `acc_bits`, `modes`, `shifts`, `ops` and `align` specialise the hardware to the programs
+    it will run (`Program.acc_bits`, `.modes`, `.shift_range`, `.ops`, `.align`): an
+    operation left out has no logic; a program needing more is undefined (`Program.needs`
+    lists them all, `ArrayCore.runs` checks a program against a core).
     """
 
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
-                 family: str | None = None, max_layers: int = 64, modes=None) -> None:
+                 family: str | None = None, max_layers: int = 64, modes=None,
+                 shifts: tuple[int, int] = (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT), ops=None,
+                 align: int = MAX_ALIGN, fields: dict[str, int] | None = None) -> None:
         self.config = config
+        self.fields = {name: bits for name, bits, _ in FIELDS}
+        for name, bits in (fields or {}).items():
+            if name not in self.fields or not 1 <= bits <= self.fields[name]:
+                raise ShapeError(f"instruction field {name!r} of {bits!r} bits (the ISA's is "
+                                 f"{self.fields.get(name)})")
+            self.fields[name] = bits
+        self.ops = frozenset(Op) if ops is None else frozenset(Op(v) for v in ops)
+        if not 0 <= align <= MAX_ALIGN:
+            raise ShapeError(f"alignment {align!r}: an add's inputs shift left by 0..{MAX_ALIGN}")
+        self.align = align
+        self.shifts = (int(shifts[0]), int(shifts[1]))
+        if not -MAX_LEFT_SHIFT <= self.shifts[0] <= 0 <= self.shifts[1] <= MAX_RIGHT_SHIFT:
+            raise ShapeError(f"shift range {shifts!r}: the requantizer takes "
+                             f"{-MAX_LEFT_SHIFT}..0 .. 0..{MAX_RIGHT_SHIFT}")
         self.modes = frozenset(Mode) if modes is None else frozenset(Mode(v) for v in modes)
         self.image = [int(v) for v in image]
         if len(self.image) > config.mem_words:
@@ -81,7 +122,7 @@ class ArrayCore(wiring.Component):
         self.acc_bits = acc_bits
         self.family = family
         self.max_layers = max_layers
-        cbits = max(1, (COUNTER_WORDS * max_layers - 1).bit_length())
+        cbits = max(1, (8 * max_layers - 1).bit_length())
         abits = max(1, (config.mem_words - 1).bit_length())
         self.abits = abits
         super().__init__({
@@ -125,25 +166,25 @@ class ArrayCore(wiring.Component):
             wbufs.append((wb.read_port(), wb.write_port()))
         pbuf = Memory(shape=64, depth=P, init=[])
         m.submodules.pbuf = pbuf
-        prd, pwr = pbuf.read_port(), pbuf.write_port()
+        prd, pwr = pbuf.read_port(), pbuf.write_port(granularity=16)
 
-        # per-layer counters: when an instruction is fetched, the previous one's cycles, reads
-        # and writes (each 32 bits, low word first) go to the counter memory, layer by layer,
-        # one word a cycle while the fetch goes on; read through cnt_addr/cnt_rdata
-        cmem = Memory(shape=16, depth=COUNTER_WORDS * self.max_layers, init=[])
+        # per-layer counters: when an instruction is fetched, the run's cycles, reads and
+        # writes so far (each 32 bits) go to the previous layer's row of the counter memory;
+        # read a 16-bit word at a time through cnt_addr (`counter_address`)/cnt_rdata
+        cmem = Memory(shape=16 * COUNTER_WORDS, depth=self.max_layers, init=[])
         m.submodules.counters = cmem
         crd, cwr = cmem.read_port(), cmem.write_port()
-        m.d.comb += [crd.addr.eq(self.cnt_addr), self.cnt_rdata.eq(crd.data)]
+        csel = Signal(3)
+        m.d.sync += csel.eq(self.cnt_addr[:3])
+        m.d.comb += [crd.addr.eq(self.cnt_addr >> 3),
+                     self.cnt_rdata.eq(Mux(csel < COUNTER_WORDS, crd.data.word_select(csel, 16),
+                                           0))]
         layer = Signal(range(self.max_layers + 1))
-        cq = Signal(16 * COUNTER_WORDS)
-        cq_n = Signal(range(COUNTER_WORDS + 1))
-        caddr = Signal(range(COUNTER_WORDS * self.max_layers + 1))
-        with m.If(cq_n != 0):
-            m.d.comb += [cwr.en.eq(1), cwr.addr.eq(caddr), cwr.data.eq(cq[:16])]
-            m.d.sync += [cq.eq(cq >> 16), cq_n.eq(cq_n - 1), caddr.eq(caddr + 1)]
 
-        ibuf = Signal(16 * WORDS)
-        ins = LAYOUT(ibuf[:LAYOUT.size])  # the fetched words, read as the instruction
+        # the instruction's words, each written where it belongs as it is fetched (bits of
+        # fields the hardware does not use are no registers at all)
+        iwords = [Signal(16, name=f"iword{k}") for k in range(WORDS)]
+        ins = _Fields(LAYOUT(Cat(*iwords)[:LAYOUT.size]), self.fields)
         pc = Signal(self.abits)
         cnt = Signal(range(max(WORDS, PARAM_WORDS * P) + 2))  # the current step's counter
 
@@ -174,27 +215,30 @@ class ArrayCore(wiring.Component):
         modes = sorted(self.modes)
         m.d.comb += [lanes_y.eq(by_mode(ins.y_mode, {k: k.lanes for k in modes})),
                      ybits.eq(by_mode(ins.y_mode, {k: k.bits for k in modes}))]
-        g = Signal(12)  # group
-        gw = Signal(8)  # output words of this group
+        fb = self.fields  # (the counters are as wide as the fields they count to)
+        g = Signal(fb["groups"])  # group
+        gw = Signal(max(fb["gwords"], fb["lwords"], 1))  # output words of this group
         wptr = Signal(self.abits)
         pptr = Signal(self.abits)
-        cwb = Signal(12)  # first input word of the group within a pixel (depthwise)
-        ybase = Signal(12)  # first output word of the group within a pixel
+        cwb = Signal(fb["xcw"])  # first input word of the group within a pixel (depthwise)
+        ybase = Signal(fb["ycw"])  # first output word of the group within a pixel
         lp = Signal(range(P + 1))  # loading: PE / channel
         lk = Signal(range(cfg.wbuf_words + 1))  # loading: word
-        oy, ox = Signal(10), Signal(10)
-        r, c = Signal(8), Signal(8)
-        j = Signal(12)
+        oy, ox = Signal(fb["oh"]), Signal(fb["ow"])
+        r, c = Signal(fb["kh"]), Signal(fb["kw"])
+        j = Signal(max(fb["tapw"], fb["xcw"]))
         ph = Signal()
-        iy0, ix0 = Signal(signed(12)), Signal(signed(12))
+        # (a window row or column in [-pt, h + kh): two bits beyond the widest of them)
+        yx_bits = max(fb["h"], fb["w"], fb["kh"], fb["kw"], fb["pt"], fb["pl"]) + 2
+        iy0, ix0 = Signal(signed(yx_bits)), Signal(signed(yx_bits))
         # (addresses wrap at the memory's size: a tap outside the input may have a negative
         # address, never read; one inside is right modulo the size)
         ra = Signal(self.abits)  # address of tap (0, 0) of the current row's first pixel
         pa = Signal(self.abits)  # ... of the current pixel
         tr = Signal(self.abits)  # ... of tap (r, 0)
         tc = Signal(self.abits)  # ... of tap (r, c)
-        iy = Signal(signed(12))
-        ix = Signal(signed(12))
+        iy = Signal(signed(yx_bits))
+        ix = Signal(signed(yx_bits))
         m.d.comb += [iy.eq(iy0 + r), ix.eq(ix0 + c)]
         inside = Signal()
         m.d.comb += inside.eq((iy >= 0) & (iy < ins.h) & (ix >= 0) & (ix < ins.w))
@@ -229,17 +273,19 @@ class ArrayCore(wiring.Component):
         m.d.comb += capture.eq(last_pipe[LATENCY - 1])
 
         # ---------------------------------------------------------------- requantizer
+        # the shadow registers: loaded from the PEs at once, then shifted towards shadow0 a
+        # channel a cycle as the requantizer takes them (a shift costs no multiplexer)
         shadow = [Signal(signed(self.acc_bits), name=f"shadow{p}") for p in range(P)]
-        with m.If(capture):
-            m.d.sync += [s.eq(pe.acc) for s, pe in zip(shadow, pes, strict=True)]
-        rq_left = Signal(range(P + 1))
-        rq_p = Signal(range(P + 1))
+        rq_left = Signal(range(P + 1))  # channels still to requantize
+        rq_p = Signal(range(P + 1))  # the next one (its parameters' address)
         gsz = Signal(8)
         m.d.comb += gsz.eq(ins.gsz)
         with m.If(capture):
             m.d.sync += [rq_left.eq(gsz), rq_p.eq(0)]
+            m.d.sync += [s.eq(pe.acc) for s, pe in zip(shadow, pes, strict=True)]
         with m.Elif(rq_left != 0):
             m.d.sync += [rq_left.eq(rq_left - 1), rq_p.eq(rq_p + 1)]
+            m.d.sync += [s.eq(n) for s, n in itertools.pairwise(shadow)]
         # R0: parameter read, shadow selected
         # (the vector operations feed values through vq_valid/vq_value instead: no bias, the
         # instruction's shift)
@@ -251,12 +297,7 @@ class ArrayCore(wiring.Component):
         m.d.comb += [prd.addr.eq(rq_p), prd.en.eq(1)]
         sacc = Signal(signed(self.acc_bits))
         r1 = Signal()
-        with m.If(vq_valid):
-            m.d.sync += sacc.eq(vq_value)
-        with m.Else(), m.Switch(rq_p):
-            for p in range(P):
-                with m.Case(p):
-                    m.d.sync += sacc.eq(shadow[p])
+        m.d.sync += sacc.eq(Mux(vq_valid, vq_value, shadow[0]))
         m.d.sync += r1.eq(r0)
         # R1: bias added
         # (the bias fits the accumulator: the compiler's bound covers products and bias)
@@ -266,16 +307,21 @@ class ArrayCore(wiring.Component):
         sh1 = Signal(signed(16))
         r2 = Signal()
         m.d.sync += [total.eq(sacc + bias), sh1.eq(shift), r2.eq(r1)]
-        # R2: round half up and shift (or shift left)
-        shifted = Signal(signed(self.acc_bits + 2 + MAX_LEFT_SHIFT))
+        # R2: round half up and shift (or shift left), within the build's shift range
+        left_max, right_max = max(0, -self.shifts[0]), max(0, self.shifts[1])
+        shifted = Signal(signed(self.acc_bits + 2 + left_max))
         r3 = Signal()
-        # shifts are within -MAX_LEFT_SHIFT..MAX_RIGHT_SHIFT (checked by the compiler)
-        right = sh1[:5].as_unsigned()
-        rounding = Mux(sh1 > 0, Const(1, 32) << (right - 1)[:5].as_unsigned(), 0)
-        with m.If(sh1 >= 0):
-            m.d.sync += shifted.eq((total + rounding) >> right)
-        with m.Else():
-            m.d.sync += shifted.eq(total << (-sh1)[:4].as_unsigned())
+        right_part = total
+        if right_max:
+            right = sh1[:right_max.bit_length()].as_unsigned()
+            rounding = Mux(sh1 > 0, Const(1, right_max) << (right - 1)[:right.shape().width]
+                           .as_unsigned(), 0)
+            right_part = (total + rounding) >> right
+        if left_max:
+            left_part = total << (-sh1)[:left_max.bit_length()].as_unsigned()
+            m.d.sync += shifted.eq(Mux(sh1 >= 0, right_part, left_part))
+        else:
+            m.d.sync += shifted.eq(right_part)
         m.d.sync += r3.eq(r2)
         # R3: clamp, code offset, into the output word
         y = Signal(signed(18))
@@ -288,7 +334,7 @@ class ArrayCore(wiring.Component):
         wq = Signal()  # a word waits to be written
         wq_data = Signal(16)
         yaddr = Signal(self.abits)
-        owrd = Signal(8)  # words of this pixel written
+        owrd = Signal.like(gw)  # words of this pixel written
         ybits_mask = Signal(16)
         m.d.comb += ybits_mask.eq(by_mode(ins.y_mode, {k: (1 << k.bits) - 1 for k in modes}))
         placed = Signal(16)
@@ -296,7 +342,7 @@ class ArrayCore(wiring.Component):
                               << (olane * ybits)[:4].as_unsigned())
         word_ready = Signal()
         write_now = Signal()  # the sequencer writes the waiting word this cycle
-        wcount = Signal(8)  # words of this pixel written
+        wcount = Signal.like(gw)  # words of this pixel written
         m.d.comb += word_ready.eq(r3 & (olane == lanes_y - 1) & (vec | (owrd < gw)))
         with m.If(word_ready):
             m.d.sync += [wq.eq(1), wq_data.eq(outw | placed)]
@@ -322,7 +368,7 @@ class ArrayCore(wiring.Component):
         m.d.comb += in_flight.eq((last1 & v1) | last_pipe[0] | capture)
 
         # ---------------------------------------------------------------- vector unit
-        vi = Signal(self.abits)  # ADD: word
+        vi = Signal(fb["k"])  # ADD: word
         va, vb = Signal(16), Signal(16)
         vk = Signal(3)  # lane
         pv, pfirst = Signal(), Signal()  # a pool tap's word arrives / is the window's first
@@ -332,6 +378,7 @@ class ArrayCore(wiring.Component):
         mi = Signal(7)
         mp = Signal(LANE_BITS + 4)  # an average's t * rm >> i (t = 2 * sum + rc >= 0)
         mt = Signal(LANE_BITS + 3)  # t
+        rm_bit = Signal()  # bit mi - 1 of rm
 
         def lane_value(word, k, mode, off):
             """Lane `k` of `word` in `mode`, decoded (offset codes back to values)."""
@@ -345,20 +392,30 @@ class ArrayCore(wiring.Component):
         x_off, x2_off = Signal(), Signal()
         m.d.comb += [x_off.eq((ins.flags & Flag.X_OFF) != 0),
                      x2_off.eq((ins.flags & Flag.X2_OFF) != 0)]
-        for k in range(lanes_max):
+        has_add = Op.ADD in self.ops
+        has_max, has_avg = Op.MAXPOOL in self.ops, Op.AVGPOOL in self.ops
+        for k in range(lanes_max if has_max or has_avg else 0):
             val = lane_value(rd.data, Const(k, 3), ins.mode, x_off)
+            larger = Mux(val > lane_acc[k], val, lane_acc[k])
+            total = lane_acc[k] + val
             with m.If(pv):
                 with m.If(pfirst):
                     m.d.sync += lane_acc[k].eq(val)
-                with m.Elif(ins.op == Op.MAXPOOL):
-                    m.d.sync += lane_acc[k].eq(Mux(val > lane_acc[k], val, lane_acc[k]))
                 with m.Else():
-                    m.d.sync += lane_acc[k].eq(lane_acc[k] + val)
+                    m.d.sync += lane_acc[k].eq(
+                        Mux(ins.op == Op.MAXPOOL, larger, total) if has_max and has_avg
+                        else (larger if has_max else total))
         lane_acc_sel = Signal(signed(LANE_BITS))
         with m.Switch(vk):
             for k in range(lanes_max):
                 with m.Case(k):
                     m.d.comb += lane_acc_sel.eq(lane_acc[k])
+
+        def aligned(v, amount):
+            """`v` shifted left by `amount` (at most the build's `align`)."""
+            if not self.align:
+                return v
+            return v << amount[:self.align.bit_length()].as_unsigned()
 
         def next_pixel(after_last: str, otherwise: str | None) -> None:
             """Step to the next output pixel (row-major) and its tap addresses; after the last
@@ -387,14 +444,14 @@ class ArrayCore(wiring.Component):
             with m.State("FETCH"):
                 with m.If(cnt == 0):
                     with m.If((layer != 0) & (layer <= self.max_layers)):
-                        m.d.sync += [cq.eq(Cat(self.cycles, self.reads, self.writes)),
-                                     cq_n.eq(COUNTER_WORDS),
-                                     caddr.eq((layer - 1) * COUNTER_WORDS)]
+                        m.d.comb += [cwr.en.eq(1), cwr.addr.eq(layer - 1),
+                                     cwr.data.eq(Cat(self.cycles, self.reads, self.writes))]
                     m.d.sync += layer.eq(layer + 1)
                 with m.If(cnt < WORDS):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pc + cnt)]
-                with m.If(cnt != 0):
-                    m.d.sync += ibuf.eq(Cat(ibuf[16:], rd.data))
+                for k in range(WORDS):
+                    with m.If(cnt == k + 1):
+                        m.d.sync += iwords[k].eq(rd.data)
                 m.d.sync += cnt.eq(cnt + 1)
                 with m.If(cnt == WORDS):
                     m.next = "DECODE"
@@ -409,17 +466,20 @@ class ArrayCore(wiring.Component):
                 with m.Case(Op.END):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
-                with m.Case(Op.ADD):
-                    m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
-                                 wcount.eq(0), olane.eq(0), outw.eq(0)]
-                    m.next = "ADD_A"
-                with m.Case(Op.MAXPOOL, Op.AVGPOOL):
-                    m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), wcount.eq(0),
-                                 olane.eq(0), outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
-                                 c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
-                                 ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
-                                 tc.eq(ins.org)]
-                    m.next = "POOL_TAP"
+                if has_add:
+                    with m.Case(Op.ADD):
+                        m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
+                                     wcount.eq(0), olane.eq(0), outw.eq(0)]
+                        m.next = "ADD_A"
+                pools = [op for op in (Op.MAXPOOL, Op.AVGPOOL) if op in self.ops]
+                if pools:
+                    with m.Case(*pools):
+                        m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), wcount.eq(0),
+                                     olane.eq(0), outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
+                                     c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
+                                     ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
+                                     tc.eq(ins.org)]
+                        m.next = "POOL_TAP"
                 with m.Default():
                     m.next = "NEXT"
             with m.State("GROUP"):
@@ -458,11 +518,8 @@ class ArrayCore(wiring.Component):
                     m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1)]
                 pl_v, pl_n = Signal(), Signal.like(cnt)
                 m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt)]
-                pacc = Signal(64)
-                with m.If(pl_v):
-                    m.d.sync += pacc.eq(Cat(pacc[16:], rd.data))
-                m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(Cat(pacc[16:], rd.data)),
-                             pwr.en.eq(pl_v & (pl_n[:2] == 3))]
+                m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(rd.data.replicate(4)),
+                             pwr.en.eq(Mux(pl_v, Const(1, 4) << pl_n[:2], 0))]
                 with m.If(~issue & ~pl_v):
                     m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
                                  iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(ins.org),
@@ -519,100 +576,116 @@ class ArrayCore(wiring.Component):
                                      cwb.eq(cwb + Mux(ins.flags & Flag.DEPTHWISE, ins.tapw,
                                                       0))]
                         m.next = "GROUP"
-            # ---- ADD: per word, read both inputs, send the lanes' aligned sums through the
-            # requantizer, wait for the word to be written
-            with m.State("ADD_A"):
-                m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
-                m.next = "ADD_B"
-            with m.State("ADD_B"):
-                m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
-                m.d.sync += va.eq(rd.data)
-                m.next = "ADD_C"
-            with m.State("ADD_C"):
-                m.d.sync += [vb.eq(rd.data), vk.eq(0)]
-                m.next = "ADD_LANES"
-            with m.State("ADD_LANES"):
-                m.d.comb += [vq_valid.eq(1),
-                             vq_value.eq((lane_value(va, vk, ins.mode, x_off)
-                                          << ins.align[:3].as_unsigned())
-                                         + (lane_value(vb, vk, ins.x2_mode, x2_off)
-                                            << ins.align2[:3].as_unsigned()))]
-                m.d.sync += vk.eq(vk + 1)
-                with m.If(vk == lanes_y - 1):
-                    m.next = "ADD_WAIT"
-            with m.State("ADD_WAIT"):
-                m.d.comb += write_now.eq(wq)
-                with m.If(~rq_busy):
-                    m.d.sync += vi.eq(vi + 1)
-                    with m.If(vi == ins.k - 1):  # (k: the output's words)
-                        m.next = "NEXT"
+            if has_add:
+                # ---- ADD: per word, read both inputs, send the lanes' aligned sums through the
+                # requantizer, wait for the word to be written
+                with m.State("ADD_A"):
+                    m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
+                    m.next = "ADD_B"
+                with m.State("ADD_B"):
+                    m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
+                    m.d.sync += va.eq(rd.data)
+                    m.next = "ADD_C"
+                with m.State("ADD_C"):
+                    m.d.sync += [vb.eq(rd.data), vk.eq(0)]
+                    m.next = "ADD_LANES"
+                with m.State("ADD_LANES"):
+                    m.d.comb += [vq_valid.eq(1),
+                                 vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off),
+                                                     ins.align)
+                                             + aligned(lane_value(vb, vk, ins.x2_mode, x2_off),
+                                                       ins.align2))]
+                    m.d.sync += vk.eq(vk + 1)
+                    with m.If(vk == lanes_y - 1):
+                        m.next = "ADD_WAIT"
+                with m.State("ADD_WAIT"):
+                    m.d.comb += write_now.eq(wq)
+                    with m.If(~rq_busy):
+                        m.d.sync += vi.eq(vi + 1)
+                        with m.If(vi == ins.k - 1):  # (k: the output's words)
+                            m.next = "NEXT"
+                        with m.Else():
+                            m.next = "ADD_A"
+            if pools:
+                # ---- pools: per output pixel and channel word, one cycle per window tap (a read
+                # where it is inside), then the lanes (an average divided by the reciprocal, bit
+                # by bit) through the requantizer's clamp and code
+                with m.State("POOL_TAP"):
+                    with m.If(inside):
+                        m.d.comb += [r_en.eq(1), r_addr.eq(tc + j)]
+                    m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
+                    with m.If(inside):
+                        m.d.sync += first_tap.eq(0)
+                    with m.If(c != ins.kw - 1):
+                        m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
                     with m.Else():
-                        m.next = "ADD_A"
-            # ---- pools: per output pixel and channel word, one cycle per window tap (a read
-            # where it is inside), then the lanes (an average divided by the reciprocal, bit
-            # by bit) through the requantizer's clamp and code
-            with m.State("POOL_TAP"):
-                with m.If(inside):
-                    m.d.comb += [r_en.eq(1), r_addr.eq(tc + j)]
-                m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
-                with m.If(inside):
-                    m.d.sync += first_tap.eq(0)
-                with m.If(c != ins.kw - 1):
-                    m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
-                with m.Else():
-                    m.d.sync += c.eq(0)
-                    with m.If(r != ins.kh - 1):
-                        m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
-                    with m.Else():
-                        m.d.sync += [r.eq(0), tr.eq(pa), tc.eq(pa)]
-                        m.next = "POOL_LAST"
-            with m.State("POOL_LAST"):
-                m.d.sync += [pv.eq(0), vk.eq(0), mi.eq(0), first_tap.eq(1)]
-                with m.If(ins.op == Op.AVGPOOL):
-                    m.next = "POOL_MUL"
-                with m.Else():
-                    m.next = "POOL_LANES"
-            with m.State("POOL_MUL"):
-                # (t * rm) >> rk, t = 2 * sum + rc (non-negative), least significant bit of rm
-                # first, shifting right each step: mp_(i+1) = (mp_i + rm[i] * t) >> 1 is
-                # floor(t * (rm mod 2**(i+1)) / 2**(i+1)), and rm < 2**rk (rk steps; a
-                # barrel shifter or a full product would cost hundreds of logic cells for a
-                # division that runs once per pooled value)
-                with m.If(mi == 0):
-                    m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
-                with m.Else():
-                    bit = Mux(mi <= 32, ins.rm.bit_select((mi - 1)[:5].as_unsigned(), 1), 0)
-                    m.d.sync += mp.eq((mp + Mux(bit, mt, 0)) >> 1)
-                m.d.sync += mi.eq(mi + 1)
-                with m.If(mi == ins.rk):
-                    m.d.sync += mi.eq(0)
-                    m.next = "POOL_DIV"
-            with m.State("POOL_DIV"):
-                m.d.comb += [vq_valid.eq(1), vq_value.eq(mp.as_signed() - ins.rbig)]
-                m.d.sync += vk.eq(vk + 1)
-                with m.If(vk == lanes_y - 1):
-                    m.next = "POOL_WAIT"
-                with m.Else():
-                    m.next = "POOL_MUL"
-            with m.State("POOL_LANES"):
-                m.d.comb += [vq_valid.eq(1), vq_value.eq(lane_acc_sel)]
-                m.d.sync += vk.eq(vk + 1)
-                with m.If(vk == lanes_y - 1):
-                    m.next = "POOL_WAIT"
-            with m.State("POOL_WAIT"):
-                m.d.comb += write_now.eq(wq)
-                with m.If(~rq_busy):
-                    # next channel word, pixel, row
-                    with m.If(j != ins.xcw - 1):
-                        m.d.sync += j.eq(j + 1)
-                        m.next = "POOL_TAP"
-                    with m.Else():
-                        m.d.sync += j.eq(0)
-                        next_pixel("NEXT", "POOL_TAP")
+                        m.d.sync += c.eq(0)
+                        with m.If(r != ins.kh - 1):
+                            m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
+                        with m.Else():
+                            m.d.sync += [r.eq(0), tr.eq(pa), tc.eq(pa)]
+                            m.next = "POOL_LAST"
+                with m.State("POOL_LAST"):
+                    m.d.sync += [pv.eq(0), vk.eq(0), mi.eq(0), first_tap.eq(1)]
+                    if has_avg and has_max:
+                        with m.If(ins.op == Op.AVGPOOL):
+                            m.next = "POOL_MUL"
+                        with m.Else():
+                            m.next = "POOL_LANES"
+                    else:
+                        m.next = "POOL_MUL" if has_avg else "POOL_LANES"
+                if has_avg:
+                    with m.State("POOL_MUL"):
+                        # (t * rm) >> rk, t = 2 * sum + rc (non-negative), least significant
+                        # bit of rm first, shifting right each step: mp_(i+1) =
+                        # (mp_i + rm[i] * t) >> 1 is floor(t * (rm mod 2**(i+1)) / 2**(i+1)),
+                        # and rm < 2**rk (rk steps; a barrel shifter or a full product would
+                        # cost hundreds of logic cells for a division that runs once per
+                        # pooled value). rm[i] is selected a cycle ahead (off the adder's path)
+                        rm = ins.rm
+                        m.d.sync += rm_bit.eq(Mux(mi < len(rm), rm.bit_select(
+                            mi[:max(1, (len(rm) - 1).bit_length())].as_unsigned(), 1), 0))
+                        with m.If(mi == 0):
+                            m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
+                        with m.Else():
+                            m.d.sync += mp.eq((mp + Mux(rm_bit, mt, 0)) >> 1)
+                        m.d.sync += mi.eq(mi + 1)
+                        with m.If(mi == ins.rk):
+                            m.d.sync += mi.eq(0)
+                            m.next = "POOL_DIV"
+                    with m.State("POOL_DIV"):
+                        m.d.comb += [vq_valid.eq(1), vq_value.eq(mp.as_signed() - ins.rbig)]
+                        m.d.sync += vk.eq(vk + 1)
+                        with m.If(vk == lanes_y - 1):
+                            m.next = "POOL_WAIT"
+                        with m.Else():
+                            m.next = "POOL_MUL"
+                if has_max:
+                    with m.State("POOL_LANES"):
+                        m.d.comb += [vq_valid.eq(1), vq_value.eq(lane_acc_sel)]
+                        m.d.sync += vk.eq(vk + 1)
+                        with m.If(vk == lanes_y - 1):
+                            m.next = "POOL_WAIT"
+                with m.State("POOL_WAIT"):
+                    m.d.comb += write_now.eq(wq)
+                    with m.If(~rq_busy):
+                        # next channel word, pixel, row
+                        with m.If(j != ins.xcw - 1):
+                            m.d.sync += j.eq(j + 1)
+                            m.next = "POOL_TAP"
+                        with m.Else():
+                            m.d.sync += j.eq(0)
+                            next_pixel("NEXT", "POOL_TAP")
             with m.State("NEXT"):
                 m.d.sync += [pc.eq(pc + WORDS), cnt.eq(0), vec.eq(0)]
                 m.next = "FETCH"
         return m
+
+
+def counter_address(i: int) -> int:
+    """The ``cnt_addr`` of word `i` of the per-layer counters, read in order (each layer's
+    `COUNTER_WORDS` words at a stride of 8)."""
+    return (i // COUNTER_WORDS) * 8 + i % COUNTER_WORDS
 
 
 def layer_counters(words):
@@ -629,4 +702,4 @@ def layer_counters(words):
     return (total - start) % (1 << 32)
 
 
-__all__ = ["COUNTER_WORDS", "LANE_BITS", "ArrayCore", "layer_counters"]
+__all__ = ["COUNTER_WORDS", "LANE_BITS", "ArrayCore", "counter_address", "layer_counters"]

@@ -21,7 +21,7 @@ import numpy as np
 from amaranth.back import rtlil
 
 from accelgen.array.compiler import Program, from_words, to_words
-from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore, layer_counters
+from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore, counter_address, layer_counters
 from accelgen.errors import AccelgenError
 from accelgen.sim.compiled import (
     CompiledDesign,
@@ -89,15 +89,15 @@ def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> Compi
 
 
 def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None,
-                   acc_bits: int | None = None, modes=None, max_cycles: int = 200_000_000,
+                   build: dict | None = None, max_cycles: int = 200_000_000,
                    stop: threading.Event | None = None) -> ArrayResult:
-    """Run input codes `x` (N, H, W, C) through the compiled array for `program`, built with
-    `acc_bits` and `modes` (default: the program's own, as a build for it has them)."""
+    """Run input codes `x` (N, H, W, C) through the compiled array for `program`, on a core
+    built with `Program.needs` (as a build for it is), updated with `build` (wider options
+    let programs share one compiled model)."""
     x = np.asarray(x, np.int64)
     # the model is the array alone (its memory empty): one compiled model serves every
     # program for this array; the program's image is written through the external port
-    core = ArrayCore(program.config, (), acc_bits=acc_bits or program.acc_bits, family=family,
-                     modes=program.modes if modes is None else modes)
+    core = ArrayCore(program.config, (), family=family, **{**program.needs(), **(build or {})})
     design = compile_array(core, stop)
     dll = ctypes.CDLL(str(design.library))
     dll.ag_array_new.restype = ctypes.c_void_p
@@ -140,7 +140,7 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
 
 
 def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None = None,
-                         acc_bits: int | None = None, modes=None) -> ArrayResult:
+                         build: dict | None = None) -> ArrayResult:
     """`simulate_array` in Amaranth's simulator (slow: small models, or a few images); the
     memory after the last image is in ``ArrayResult.memory``."""
     from amaranth.sim import Simulator
@@ -156,8 +156,7 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
         image = np.zeros(program.words, np.int64)
         image[:program.image.size] = program.image
         image[inp.addr:inp.addr + inp.words] = to_words(x[k:k + 1], inp)[0]
-        dut = ArrayCore(program.config, image, acc_bits=acc_bits or program.acc_bits,
-                        modes=program.modes if modes is None else modes,
+        dut = ArrayCore(program.config, image, **{**program.needs(), **(build or {})},
                         family=family)
         got: dict = {}
 
@@ -171,7 +170,7 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
             got["counters"] = (ctx.get(dut.cycles), ctx.get(dut.reads), ctx.get(dut.writes))
             words = []
             for i in range(COUNTER_WORDS * min(len(program.code), dut.max_layers)):
-                ctx.set(dut.cnt_addr, i)
+                ctx.set(dut.cnt_addr, counter_address(i))
                 await ctx.tick()
                 words.append(ctx.get(dut.cnt_rdata))
             got["layers"] = words

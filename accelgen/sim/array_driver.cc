@@ -88,7 +88,7 @@ int ag_array_run(void *p, uint32_t n, const uint16_t *inputs, uint32_t in_addr,
     counters[3 * k + 1] = t.reads;
     counters[3 * k + 2] = t.writes;
     for (uint32_t i = 0; i < layer_words; i++) {
-      t.cnt_addr = i;
+      t.cnt_addr = (i / 6) * 8 + i % 6;  // counter_address(i): 6 words a layer, stride 8
       s.tick();
       layer_counters[uint64_t(k) * layer_words + i] = uint16_t(t.cnt_rdata);
     }
