@@ -316,6 +316,8 @@ def _build_into(folder: Path, opts: BuildOptions, board, qg, p, acc, linked, pll
         engine = self_check_engine()
         how = ("compiled RTL, CXXRTL" if engine == "cxxrtl" else
                "Amaranth's simulator: no C++ compiler for the compiled one")
+        if hasattr(acc, "program"):
+            how = "the PE array's compiled RTL, Verilator (Amaranth's simulator without it)"
         say(f"self-check: {len(x)} images through the simulated accelerator ({how}; in the "
             f"background)")
         checker = pool.submit(run_self_check, acc, qg, x, stop, engine)

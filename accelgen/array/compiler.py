@@ -387,16 +387,24 @@ def _check_shift(name: str, shifts) -> None:
                          f"-{MAX_LEFT_SHIFT}..{MAX_RIGHT_SHIFT}")
 
 
+def _rounding(shifts) -> np.ndarray:
+    """What round half up adds before a right shift by `shifts` (0 for a left shift)."""
+    s = np.asarray(shifts, np.int64)
+    return np.where(s > 0, np.left_shift(1, np.maximum(s - 1, 0)), 0)
+
+
 def _param_words(layer: QConv | QDense, x: Placement, n_channels: int) -> np.ndarray:
-    """Per output channel: the bias with the input's code offset folded in, and the shift."""
+    """Per output channel: the bias with the input's code offset and the rounding of the
+    right shift (half of its unit: round half up) folded in, and the shift. The requantizer
+    then shifts without rounding (an adder and a decoder fewer on its critical path)."""
     c_out = layer.weight.shape[0]
     wsum = layer.weight.reshape(c_out, -1).sum(axis=1)
-    bias = layer.bias.astype(np.int64) + x.code_offset * wsum
+    shifts = np.broadcast_to(np.asarray(layer.shift, np.int64), (c_out,))
+    _check_shift(layer.name, shifts)
+    bias = layer.bias.astype(np.int64) + x.code_offset * wsum + _rounding(shifts)
     lim = 1 << (BIAS_BITS - 1)
     if bias.size and (bias.min() < -lim or bias.max() >= lim):
         raise NotOnArray(f"layer {layer.name!r}: a bias does not fit {BIAS_BITS} bits")
-    shifts = np.asarray(layer.shift, np.int64)
-    _check_shift(layer.name, shifts)
     out = np.zeros((n_channels, PARAM_WORDS), np.int64)
     b = bias & ((1 << BIAS_BITS) - 1)
     out[:c_out, 0] = b & 0xFFFF
@@ -598,13 +606,15 @@ def _acc_bits(qg: QuantizedGraph, places: dict[str, Placement], code) -> int:
             c_out = la.weight.shape[0]
             wsum = np.abs(la.weight.reshape(c_out, -1)).sum(axis=1)
             bias = np.abs(la.bias.astype(np.int64)
-                          + x.code_offset * la.weight.reshape(c_out, -1).sum(axis=1))
+                          + x.code_offset * la.weight.reshape(c_out, -1).sum(axis=1)
+                          + _rounding(np.broadcast_to(la.shift, (c_out,))))
             bound = int((wsum * (1 << (x.mode.bits - 1)) + bias).max())
             # a 16-bit product's first half is up to 2**30 before the second corrects it
             bound += (1 << 31) if x.mode == Mode.B16 else 0
             need = max(need, bound.bit_length() + 1)
         elif isinstance(la, QAdd):
-            need = max(need, 17 + max(la.align) + 2)
+            # (and the rounding added before its right shift)
+            need = max(need, 17 + max(la.align) + 2, int(la.shift) + 2)
     return min(need + 1, 64)
 
 

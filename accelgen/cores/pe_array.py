@@ -228,6 +228,7 @@ class ArrayCore(wiring.Component):
         r, c = Signal(fb["kh"]), Signal(fb["kw"])
         j = Signal(max(fb["tapw"], fb["xcw"]))
         ph = Signal()
+        jl, cl, rl = Signal(), Signal(), Signal()  # CONV: j, c, r at their last value
         # (a window row or column in [-pt, h + kh): two bits beyond the widest of them)
         yx_bits = max(fb["h"], fb["w"], fb["kh"], fb["kw"], fb["pt"], fb["pl"]) + 2
         iy0, ix0 = Signal(signed(yx_bits)), Signal(signed(yx_bits))
@@ -301,22 +302,27 @@ class ArrayCore(wiring.Component):
         m.d.sync += r1.eq(r0)
         # R1: bias added
         # (the bias fits the accumulator: the compiler's bound covers products and bias)
-        bias = Mux(vec, 0, prd.data[:min(self.acc_bits, 48)].as_signed())
+        # (a convolution's bias has its rounding folded in by the compiler; a vector
+        # operation's rounding is added here, from its instruction's shift)
+        left_max, right_max = max(0, -self.shifts[0]), max(0, self.shifts[1])
+        vec_round = 0
+        if right_max:
+            vs = ins.shift
+            vec_round = Mux(vs > 0, Const(1, right_max) << (vs - 1)[:right_max.bit_length()]
+                            .as_unsigned(), 0)
+        bias = Mux(vec, vec_round, prd.data[:min(self.acc_bits, 48)].as_signed())
         shift = Mux(vec, ins.shift, prd.data[48:64].as_signed())
         total = Signal(signed(self.acc_bits + 1))
         sh1 = Signal(signed(16))
         r2 = Signal()
         m.d.sync += [total.eq(sacc + bias), sh1.eq(shift), r2.eq(r1)]
-        # R2: round half up and shift (or shift left), within the build's shift range
-        left_max, right_max = max(0, -self.shifts[0]), max(0, self.shifts[1])
+        # R2: shift (right: floor, the rounding already added; or left), within the build's
+        # shift range
         shifted = Signal(signed(self.acc_bits + 2 + left_max))
         r3 = Signal()
         right_part = total
         if right_max:
-            right = sh1[:right_max.bit_length()].as_unsigned()
-            rounding = Mux(sh1 > 0, Const(1, right_max) << (right - 1)[:right.shape().width]
-                           .as_unsigned(), 0)
-            right_part = (total + rounding) >> right
+            right_part = total >> sh1[:right_max.bit_length()].as_unsigned()
         if left_max:
             left_part = total << (-sh1)[:left_max.bit_length()].as_unsigned()
             m.d.sync += shifted.eq(Mux(sh1 >= 0, right_part, left_part))
@@ -521,14 +527,14 @@ class ArrayCore(wiring.Component):
                 m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(rd.data.replicate(4)),
                              pwr.en.eq(Mux(pl_v, Const(1, 4) << pl_n[:2], 0))]
                 with m.If(~issue & ~pl_v):
+                    m.d.sync += [jl.eq(ins.tapw == 1), cl.eq(ins.kw == 1), rl.eq(ins.kh == 1)]
                     m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
                                  iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(ins.org),
                                  pa.eq(ins.org), tr.eq(ins.org), tc.eq(ins.org)]
                     m.next = "PIXELS"
             with m.State("PIXELS"):
                 last_word = Signal()
-                m.d.comb += last_word.eq((j == ins.tapw - 1) & (c == ins.kw - 1)
-                                         & (r == ins.kh - 1) & (~sixteen2 | ph))
+                m.d.comb += last_word.eq(jl & cl & rl & (~sixteen2 | ph))
                 first_word = Signal()
                 m.d.comb += first_word.eq((j == 0) & (c == 0) & (r == 0) & ~ph)
                 # a write takes the memory this cycle; a pixel's last word waits until the
@@ -536,11 +542,12 @@ class ArrayCore(wiring.Component):
                 hold = Signal()
                 m.d.comb += [hold.eq(wq | (last_word & ((rq_left != 0) | in_flight))),
                              write_now.eq(wq)]
+                m.d.comb += r_addr.eq(tc + cwb + j)  # (read only when issued, inside)
                 with m.If(~hold):
                     m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
                                  iss_in.eq(inside), iss_ph.eq(ph)]
                     with m.If(inside & ~ph):
-                        m.d.comb += [r_en.eq(1), r_addr.eq(tc + cwb + j)]
+                        m.d.comb += r_en.eq(1)
                     kidx = Signal.like(lk)  # the word's index in the kernel
                     kcount = Signal.like(lk)
                     m.d.comb += kidx.eq(kcount)
@@ -552,19 +559,22 @@ class ArrayCore(wiring.Component):
                     with m.Else():
                         m.d.sync += ph.eq(0)
                         m.d.sync += kcount.eq(Mux(last_word, 0, kcount + 1))
-                        with m.If(j != ins.tapw - 1):
-                            m.d.sync += j.eq(j + 1)
+                        # (jl, cl, rl: j, c, r at their last value, kept with them so no
+                        # comparison lies between the counters and the memory's address)
+                        with m.If(~jl):
+                            m.d.sync += [j.eq(j + 1), jl.eq(j == ins.tapw - 2)]
                         with m.Else():
-                            m.d.sync += j.eq(0)
-                            with m.If(c != ins.kw - 1):
-                                m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
+                            m.d.sync += [j.eq(0), jl.eq(ins.tapw == 1)]
+                            with m.If(~cl):
+                                m.d.sync += [c.eq(c + 1), cl.eq(c == ins.kw - 2),
+                                             tc.eq(tc + ins.xcw)]
                             with m.Else():
-                                m.d.sync += c.eq(0)
-                                with m.If(r != ins.kh - 1):
-                                    m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row),
-                                                 tc.eq(tr + ins.row)]
+                                m.d.sync += [c.eq(0), cl.eq(ins.kw == 1)]
+                                with m.If(~rl):
+                                    m.d.sync += [r.eq(r + 1), rl.eq(r == ins.kh - 2),
+                                                 tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                                 with m.Else():
-                                    m.d.sync += r.eq(0)
+                                    m.d.sync += [r.eq(0), rl.eq(ins.kh == 1)]
                                     next_pixel("DRAIN", None)
             with m.State("DRAIN"):
                 m.d.comb += write_now.eq(wq)
@@ -611,8 +621,9 @@ class ArrayCore(wiring.Component):
                 # where it is inside), then the lanes (an average divided by the reciprocal, bit
                 # by bit) through the requantizer's clamp and code
                 with m.State("POOL_TAP"):
+                    m.d.comb += r_addr.eq(tc + j)
                     with m.If(inside):
-                        m.d.comb += [r_en.eq(1), r_addr.eq(tc + j)]
+                        m.d.comb += r_en.eq(1)
                     m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
                     with m.If(inside):
                         m.d.sync += first_tap.eq(0)
