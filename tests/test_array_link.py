@@ -12,6 +12,7 @@ from accelgen.array.isa import Mode
 from accelgen.array.machine import totals
 from accelgen.compress import QuantConfig, quantize
 from accelgen.cores.array_accelerator import ArrayAccelerator
+from accelgen.errors import ShapeError
 from accelgen.host import Device, SimTransport
 from accelgen.link.hostlink import LinkedAccelerator
 from accelgen.link.protocol import DeviceError
@@ -70,3 +71,8 @@ def test_array_accelerator_loads_the_program_image_word_by_word() -> None:
     assert np.array_equal(words, program.image.astype(np.uint16))
     assert ArrayAccelerator(program).load_bytes == 0  # baked into the memory elsewhere
     assert acc.work_cycles == totals(program)[0]
+    # a core built without what the program needs is refused, naming what is missing
+    assert acc.core.lacks(program) == []
+    with pytest.raises(ShapeError,
+                       match=r"without a 22-bit accumulator \(built with 20\), B8 lanes"):
+        ArrayAccelerator(program, build={"acc_bits": 20, "modes": {Mode.B4}})

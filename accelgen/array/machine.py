@@ -22,7 +22,8 @@ keeps, per layer):
   where it is inside the input), one more, then per lane a cycle (an average: ``rk`` + 2,
   its division by the reciprocal multiplied bit by bit, ``rk`` steps), and
   `VECTOR_DRAIN` cycles until the word is written.
-* **ADD**, per word: two reads, a cycle, a cycle per lane, `VECTOR_DRAIN`.
+* **ADD**, per word: two reads, a cycle, a cycle per lane (the previous word is written in
+  one of the last two, which read nothing); after the last word `VECTOR_DRAIN`.
 
 Each instruction also pays `FETCH` + 1 cycles (its words read, decoded, dispatched, and the
 step to the next); the END instruction `FETCH`. Reads include the instruction words.
@@ -158,8 +159,8 @@ def cost(program: Program) -> list[LayerCost]:
                                  FETCH + 1 + words * per_word, reads, words, 0, 0))
         elif ins.op == Op.ADD:
             words = y.words
-            per_word = 3 + y.lanes + VECTOR_DRAIN
-            out.append(LayerCost(lc.layer, "add", FETCH + 1 + words * per_word,
+            out.append(LayerCost(lc.layer, "add",
+                                 FETCH + 1 + words * (3 + y.lanes) + VECTOR_DRAIN,
                                  WORDS + 2 * words, words, 0, 0))
         else:
             raise AccelgenError(f"no cost rule for op {ins.op!r}")

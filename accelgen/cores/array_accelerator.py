@@ -48,6 +48,10 @@ class ArrayAccelerator(wiring.Component):
         self.baked = (family != "ice40") if baked is None else baked
         self.core = ArrayCore(program.config, program.image if self.baked else (),
                               family=family, **{**program.needs(), **(build or {})})
+        missing = self.core.lacks(program)
+        if missing:
+            raise ShapeError(f"a PE array built without {', '.join(missing)} cannot run "
+                             f"{program.name!r}")
         self.inp = program.tensors[program.input]
         self.out = program.tensors[program.output]
         for name, p in (("input", self.inp), ("output", self.out)):

@@ -92,7 +92,7 @@ class ArrayCore(wiring.Component):
     `acc_bits`, `modes`, `shifts`, `ops` and `align` specialise the hardware to the programs
     it will run (`Program.acc_bits`, `.modes`, `.shift_range`, `.ops`, `.align`): an
     operation left out has no logic; a program needing more is undefined (`Program.needs`
-    lists them all, `ArrayCore.runs` checks a program against a core).
+    lists them all, `ArrayCore.lacks` checks a program against a core).
     """
 
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
@@ -131,6 +131,25 @@ class ArrayCore(wiring.Component):
             "cycles": Out(32), "reads": Out(32), "writes": Out(32),
             "cnt_addr": In(cbits), "cnt_rdata": Out(16),
         })
+
+    def lacks(self, program) -> list[str]:
+        """What `program` needs that this core was built without (empty: it runs here)."""
+        need = program.needs()
+        out = []
+        if need["acc_bits"] > self.acc_bits:
+            out.append(f"a {need['acc_bits']}-bit accumulator (built with {self.acc_bits})")
+        out += [f"{m.name} lanes" for m in sorted(need["modes"] - self.modes)]
+        out += [f"the {op.name} operation" for op in sorted(need["ops"] - self.ops)]
+        lo, hi = need["shifts"]
+        if lo < self.shifts[0] or hi > self.shifts[1]:
+            out.append(f"shifts {lo}..{hi} (built for {self.shifts[0]}..{self.shifts[1]})")
+        if need["align"] > self.align:
+            out.append(f"add alignment {need['align']} (built for {self.align})")
+        out += [f"{bits}-bit field {name!r} (built with {self.fields[name]})"
+                for name, bits in need["fields"].items() if bits > self.fields[name]]
+        if program.config != self.config:
+            out.append(f"the array {program.config} (built as {self.config})")
+        return out
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -588,7 +607,8 @@ class ArrayCore(wiring.Component):
                         m.next = "GROUP"
             if has_add:
                 # ---- ADD: per word, read both inputs, send the lanes' aligned sums through the
-                # requantizer, wait for the word to be written
+                # requantizer; the word is written while the next word's lanes go in (a
+                # cycle without a read), the last one drained
                 with m.State("ADD_A"):
                     m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
                     m.next = "ADD_B"
@@ -597,9 +617,11 @@ class ArrayCore(wiring.Component):
                     m.d.sync += va.eq(rd.data)
                     m.next = "ADD_C"
                 with m.State("ADD_C"):
+                    m.d.comb += write_now.eq(wq)
                     m.d.sync += [vb.eq(rd.data), vk.eq(0)]
                     m.next = "ADD_LANES"
                 with m.State("ADD_LANES"):
+                    m.d.comb += write_now.eq(wq)
                     m.d.comb += [vq_valid.eq(1),
                                  vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off),
                                                      ins.align)
@@ -607,15 +629,15 @@ class ArrayCore(wiring.Component):
                                                        ins.align2))]
                     m.d.sync += vk.eq(vk + 1)
                     with m.If(vk == lanes_y - 1):
-                        m.next = "ADD_WAIT"
+                        m.d.sync += vi.eq(vi + 1)
+                        with m.If(vi == ins.k - 1):  # (k: the output's words)
+                            m.next = "ADD_WAIT"
+                        with m.Else():
+                            m.next = "ADD_A"
                 with m.State("ADD_WAIT"):
                     m.d.comb += write_now.eq(wq)
                     with m.If(~rq_busy):
-                        m.d.sync += vi.eq(vi + 1)
-                        with m.If(vi == ins.k - 1):  # (k: the output's words)
-                            m.next = "NEXT"
-                        with m.Else():
-                            m.next = "ADD_A"
+                        m.next = "NEXT"
             if pools:
                 # ---- pools: per output pixel and channel word, one cycle per window tap (a read
                 # where it is inside), then the lanes (an average divided by the reciprocal, bit
