@@ -3,7 +3,7 @@
 A device gets one PE per DSP block on iCE40 (an SB_MAC16 each), one per two multipliers
 elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16; its main memory is the SPRAM
 on the UP5K and block RAM elsewhere (what the PE weight buffers and the parameter and counter
-memories leave). The clock is the device's planned clock (on iCE40 at most 24 MHz, what the
+memories leave). The clock is the device's planned clock (on iCE40 at most 22 MHz, what the
 UP5K build closes with a margin); the estimate does not place the array's logic on the device
 (`ArrayEstimate.logic_checked` is False and the estimate says so: `accelgen build --arch
 array` does).
@@ -20,7 +20,7 @@ from accelgen.devices import Device
 
 SPRAM_WORDS = 16384  # 16-bit words of one iCE40 SPRAM block
 RESERVED_BRAM = 8  # blocks for the parameter buffer and the per-layer counters
-ICE40_ARRAY_CLOCK_MHZ = 24.0
+ICE40_ARRAY_CLOCK_MHZ = 22.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ def array_target(dev: Device) -> ArrayTarget:
         wbuf = 512
         if not mem:
             mem = (dev.bram_blocks - 2 * pes - RESERVED_BRAM) * (dev.bram_bits // 16)
-        # the clock: the 8-PE array with its host link closes at 25.7 MHz on the UP5K
-        # (ResNet-8's build, nextpnr-ice40, one seed): 24 MHz keeps a margin
+        # the clock: the 8-PE array with its host link closes at 23.8 to 25.7 MHz on the
+        # UP5K (ResNet-8's builds, nextpnr-ice40, a seed each): 22 MHz keeps a margin
         return ArrayTarget(ArrayConfig(pes=pes, mem_words=mem, wbuf_words=wbuf,
                                        word16_cycles=2), "ice40",
                            min(dev.planned_clock_mhz, ICE40_ARRAY_CLOCK_MHZ))

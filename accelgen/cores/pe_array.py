@@ -19,9 +19,10 @@ output channel per PE. For each group:
    memory accesses as well as fewer cycles;
 3. **requantization**: when a pixel's last word has been accumulated, the PEs' accumulators
    are copied to shadow registers (the PEs go on with the next pixel) and the requantizer
-   takes one channel per cycle: bias, shift with round half up, clamp, the output's code
-   offset; it packs the codes into words of the output's lanes and writes each word to its
-   place (a write takes the memory for a cycle; the reads wait).
+   takes one channel per cycle: bias (the compiler has folded the rounding of the shift into
+   it), shift, clamp, the output's code offset; it packs the codes into words of the
+   output's lanes and writes each word to its place (a write takes the memory for a cycle;
+   the reads wait).
 
 A depthwise group reads only its own channels' words; PE ``p``'s kernel has its weight in the
 lane of its channel and zeros elsewhere, so the same datapath computes it.
@@ -30,6 +31,17 @@ Timing
 ------
 Everything is counted in `accelgen.array.machine.cost`, which this hardware is tested
 against cycle for cycle; the memory has one port (one read or one write per cycle).
+
+A core built for a program
+--------------------------
+The instruction stream switches widths, layers and shapes at run time, but a core is built
+for the programs it will run (`Program.needs`): the lane modes, operations, accumulator
+width, shift range, add alignment and the bits of each instruction field they use. A build
+for one model leaves out the rest (the 16-bit corrections and 4-bit operand selection of the
+PEs, the max-pool comparators, the requantizer's left shifter, the upper bits of every field
+and counter): on the UP5K that is what lets 8 PEs, the controller and the host link fit
+(ResNet-8 at 8 bits: 4,972 of 5,280 logic cells, against 6,127 for the general core).
+`ArrayCore.lacks` names what a program needs that a core does not have.
 """
 
 from __future__ import annotations
