@@ -3,10 +3,10 @@
 A device gets one PE per DSP block on iCE40 (an SB_MAC16 each), one per two multipliers
 elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16; its main memory is the SPRAM
 on the UP5K and block RAM elsewhere (what the PE weight buffers and the parameter and counter
-memories leave). The clock is the device's planned clock (on iCE40 at most 22 MHz, what the
-UP5K build closes with a margin); the estimate does not place the array's logic on the device
-(`ArrayEstimate.logic_checked` is False and the estimate says so: `accelgen build --arch
-array` does).
+memories leave). The clock is the device's planned clock, at most what the array's builds
+close with a margin (`ARRAY_CLOCK_MHZ`: 22 MHz on the UP5K, 35 MHz on the ECP5); the
+estimate does not place the array's logic on the device (`ArrayEstimate.logic_checked` is
+False and the estimate says so: `accelgen build --arch array` does).
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from accelgen.devices import Device
 
 SPRAM_WORDS = 16384  # 16-bit words of one iCE40 SPRAM block
 RESERVED_BRAM = 8  # blocks for the parameter buffer and the per-layer counters
-ICE40_ARRAY_CLOCK_MHZ = 22.0
+# the array's clock per family, at most the device's planned clock: what its builds close
+# with a margin (ResNet-8 on the UP5K: Fmax 22.7 to 25.7 MHz; the VWW MobileNet on the
+# ECP5-85F: 38.3 MHz; nextpnr, a seed each)
+ARRAY_CLOCK_MHZ = {"ice40": 22.0, "ecp5": 35.0}
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,8 @@ def array_target(dev: Device) -> ArrayTarget:
         wbuf = 512
         if not mem:
             mem = (dev.bram_blocks - 2 * pes - RESERVED_BRAM) * (dev.bram_bits // 16)
-        # the clock: the 8-PE array with its host link closes at 23.8 to 25.7 MHz on the
-        # UP5K (ResNet-8's builds, nextpnr-ice40, a seed each): 22 MHz keeps a margin
         return ArrayTarget(ArrayConfig(pes=pes, mem_words=mem, wbuf_words=wbuf,
-                                       word16_cycles=2), "ice40",
-                           min(dev.planned_clock_mhz, ICE40_ARRAY_CLOCK_MHZ))
+                                       word16_cycles=2), "ice40", _clock(dev))
     pes = min(16, dev.dsp_blocks // 2)
     pes -= pes % 4
     if pes < 4:
@@ -52,7 +52,11 @@ def array_target(dev: Device) -> ArrayTarget:
     words_per_block = dev.bram_bits // 18 if dev.bram_bits % 18 == 0 else dev.bram_bits // 16
     mem = (dev.bram_blocks - pes - RESERVED_BRAM) * words_per_block
     return ArrayTarget(ArrayConfig(pes=pes, mem_words=max(mem, 64), wbuf_words=words_per_block),
-                       None, dev.planned_clock_mhz)
+                       None, _clock(dev))
+
+
+def _clock(dev: Device) -> float:
+    return min(dev.planned_clock_mhz, ARRAY_CLOCK_MHZ.get(dev.family, dev.planned_clock_mhz))
 
 
 @dataclass(frozen=True)
