@@ -50,6 +50,7 @@ from accelgen.link.protocol import (
     encode_codes,
     encode_frame,
     error_name,
+    unpack_layers,
 )
 from accelgen.link.uart import check_divisor
 
@@ -230,6 +231,11 @@ class Device:
 
     def counters(self) -> Counters:
         return Counters.unpack(self.request(Cmd.COUNTERS))
+
+    def layer_counters(self) -> np.ndarray:
+        """The last image's (cycles, memory reads, memory writes) per layer, (layers, 3): the
+        PE array's hardware counters (none for the streaming pipeline)."""
+        return unpack_layers(self.request(Cmd.LAYERS))
 
     def load_weights(self, image: bytes, chunk: int = 256) -> None:
         """Send the weight image (LOAD_BEGIN, then LOAD_DATA chunks), starting over from

@@ -9,7 +9,7 @@ import pytest
 
 from accelgen.array.compiler import ArrayConfig, compile_graph
 from accelgen.array.isa import Mode
-from accelgen.array.machine import totals
+from accelgen.array.machine import cost, totals
 from accelgen.compress import QuantConfig, quantize
 from accelgen.cores.array_accelerator import ArrayAccelerator
 from accelgen.errors import ShapeError
@@ -59,6 +59,9 @@ def test_array_over_the_link_equals_golden(bits: int, family: str | None) -> Non
         assert r.cls == int(np.argmax(want[k]))
         assert r.cycles == totals(program)[0]
     assert dev.counters().images == 2
+    # the per-layer hardware counters over the link (LAYERS): the cost model's, layer by layer
+    model = [(c.cycles, c.reads, c.writes) for c in cost(program)]
+    assert [tuple(row) for row in dev.layer_counters()] == model
 
 
 def test_array_accelerator_loads_the_program_image_word_by_word() -> None:

@@ -135,6 +135,7 @@ def test_ping_info_and_counters(net: dict) -> None:
     c = dev.counters()
     assert (c.images, c.crc_errors, c.timeouts, c.rx_errors) == (0, 0, 0, 0)
     assert c.frames_ok == 3  # PING, INFO and this COUNTERS
+    assert dev.layer_counters().shape == (0, 3)  # the pipeline has no per-layer counters
 
 
 def test_load_then_infer_bit_exact_with_latency(net: dict,

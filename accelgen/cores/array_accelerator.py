@@ -16,7 +16,9 @@ link, the board top and the host driver serve both templates unchanged.
   decoded to values and sent one per beat (``out_fmt``) through an `ArgMax`, which also gives
   the class;
 * ``latency``: the core's cycle counter for the last image (start to END: the figure
-  `accelgen.array.machine.totals` predicts), ``images``: images completed.
+  `accelgen.array.machine.totals` predicts), ``images``: images completed;
+* ``cnt_addr``/``cnt_data``: the core's per-layer counters (`layer_words` words, 8 a layer:
+  `accelgen.cores.pe_array.counter_address`), which the host link sends as LAYERS.
 
 An input beat is taken a cycle; the core runs while no beat is taken (the host link holds the
 next frame's codes back until the response is out). Writes to the core's memory are
@@ -64,6 +66,8 @@ class ArrayAccelerator(wiring.Component):
         self.out_fmt = Format(h, w, c, self.out.bits, self.out.signed, 1)
         self.argmax = ArgMax(self.out_fmt)
         self.cls_bits = max(1, (self.argmax.classes - 1).bit_length())
+        # the per-layer counters the host link reads (LAYERS): 8 words a layer
+        self.layer_words = 8 * min(len(program.code), self.core.max_layers)
         super().__init__({
             "i": In(self.in_fmt.signature),
             "o": Out(self.out_fmt.signature),
@@ -73,6 +77,8 @@ class ArrayAccelerator(wiring.Component):
             "load": In(stream.Signature(8, always_ready=True)),
             "load_restart": In(1),
             "loaded": Out(1),
+            "cnt_addr": In(max(1, (self.layer_words - 1).bit_length())),
+            "cnt_data": Out(16),
         })
 
     @property
@@ -96,6 +102,7 @@ class ArrayAccelerator(wiring.Component):
         core = self.core
         m.submodules.core = core
         m.submodules.argmax = am = self.argmax
+        m.d.comb += [core.cnt_addr.eq(self.cnt_addr), self.cnt_data.eq(core.cnt_rdata)]
         inp, out = self.inp, self.out
         abits = core.abits
 

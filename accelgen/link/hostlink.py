@@ -118,6 +118,9 @@ class HostLink(wiring.Component):
         self.clock_hz = _check_u32("clock_hz", clock_hz)
         self.design_hash = _check_u32("design_hash", design_hash)
         self.load_bytes = _check_u32("weight image size", self.load_bytes)
+        # the accelerator's per-layer counters, 16-bit words read through cnt_addr/cnt_data
+        # (the PE array: 8 a layer, of which 6 hold its u32 cycles, reads, writes)
+        self.layer_words = getattr(acc, "layer_words", 0)
         if isinstance(timeout_cycles, bool) or not isinstance(timeout_cycles, int) \
                 or timeout_cycles < 1:
             raise ShapeError(f"timeout_cycles {timeout_cycles!r} must be a positive integer")
@@ -174,6 +177,8 @@ class HostLink(wiring.Component):
             "load_restart": Out(1),
             "loaded": In(1),
             "status": Out(STATUS),
+            "acc_cnt_addr": Out(max(1, (self.layer_words - 1).bit_length())),
+            "acc_cnt_data": In(16),
         })
 
     def elaborate(self, platform) -> Module:
@@ -330,7 +335,7 @@ class HostLink(wiring.Component):
         check = Signal(3)
         known = Cat(*(cmd == c for c in Cmd)).any()
         no_payload = ((cmd == Cmd.PING) | (cmd == Cmd.INFO) | (cmd == Cmd.LOAD_BEGIN)
-                      | (cmd == Cmd.COUNTERS))
+                      | (cmd == Cmd.COUNTERS) | (cmd == Cmd.LAYERS))
         with m.If(~known):
             m.d.comb += check.eq(ErrorCode.UNKNOWN_CMD)
         with m.Elif(no_payload & (length != 0)):
@@ -402,8 +407,11 @@ class HostLink(wiring.Component):
                 m.d.comb += resp_len.eq(self.infer_response_bytes)
             with m.Case(Cmd.COUNTERS):
                 m.d.comb += resp_len.eq(COUNTERS_BYTES)
+            with m.Case(Cmd.LAYERS):
+                m.d.comb += resp_len.eq(2 * self.layer_words)
         sidx = Signal(3)
-        longest = max(self.infer_response_bytes, len(self.info.pack()), COUNTERS_BYTES)
+        longest = max(self.infer_response_bytes, len(self.info.pack()), COUNTERS_BYTES,
+                      2 * self.layer_words)
         p = Signal(range(longest + 1))
         tcrc, tcrc_next = Signal(16), Signal(16)
         m.d.comb += tcrc_next.eq(crc16_next(tcrc, self.tx.payload))
@@ -431,6 +439,8 @@ class HostLink(wiring.Component):
                 _select(m, pay, p, _bytes_of(_const_bytes(self.info.pack())))
             with m.Case(Cmd.COUNTERS):
                 _select(m, pay, p, _bytes_of(counters))
+            with m.Case(Cmd.LAYERS):  # word p // 2 of the counters, read a cycle ahead
+                m.d.comb += pay.eq(Mux(p[0], self.acc_cnt_data[8:], self.acc_cnt_data[:8]))
             with m.Case(Cmd.INFER), m.Switch(p):
                 with m.Case(0):
                     m.d.comb += pay.eq(cls_reg)
@@ -452,6 +462,11 @@ class HostLink(wiring.Component):
             with m.Case(4):
                 m.d.comb += head.eq(resp_len[8:])
         sent = self.tx.valid & self.tx.ready
+        # the counters' memory answers a cycle after its address: a byte of LAYERS goes out
+        # only once its word has been addressed for a cycle
+        m.d.comb += self.acc_cnt_addr.eq(p >> 1)
+        settled = Signal()
+        m.d.sync += settled.eq(~sent)
 
         # -- the engine ----------------------------------------------------------------------
         def on_timeout() -> None:
@@ -537,7 +552,8 @@ class HostLink(wiring.Component):
                 with m.Elif(stalled):
                     m.next = "IDLE"
             with m.State("SEND_PAY"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(pay)]
+                m.d.comb += [self.tx.valid.eq(settled | is_err | (r_cmd != Cmd.LAYERS)),
+                             self.tx.payload.eq(pay)]
                 with m.If(sent):
                     m.d.sync += [tcrc.eq(tcrc_next), p.eq(p + 1)]
                     with m.If(~is_err & (r_cmd == Cmd.INFER) & (p != 0) & (p < logit_end)):
@@ -605,6 +621,9 @@ class LinkedAccelerator(wiring.Component):
         m.submodules.uart_tx = utx = self.uart_tx
         m.submodules.link = link
         m.submodules.acc = acc
+        if link.layer_words:
+            m.d.comb += [acc.cnt_addr.eq(link.acc_cnt_addr),
+                         link.acc_cnt_data.eq(acc.cnt_data)]
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx),
                      link.rx_error.eq(urx.overrun | urx.framing_error),
                      link.acc_latency.eq(acc.latency), link.acc_images.eq(acc.images),

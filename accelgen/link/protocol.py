@@ -32,6 +32,10 @@ Commands (request payload -> response payload)
 * ``COUNTERS`` 0x30: empty -> six u32 (`Counters`): images the accelerator completed, the
   latency of the last one, frames received with a good CRC, frames with a bad CRC, timeouts,
   receive errors (UART overruns and framing errors).
+* ``LAYERS`` 0x31: empty -> per layer, `LAYER_RECORD_BYTES` (16) bytes: the last image's cycles,
+  memory reads and memory writes (u32 each) from its start to the layer's end, and four zero
+  bytes (`unpack_layers` turns them into each layer's own); the PE array's per-layer hardware
+  counters. Empty for the streaming pipeline (its layers all run at once).
 
 Errors (response cmd 0xFF)
 --------------------------
@@ -76,6 +80,7 @@ HEADER_BYTES = 5  # sync, seq, cmd, len
 MAX_PAYLOAD = 0xFFFF
 INFO_FORMAT = "<BHHHBBBBHBBBIII"
 COUNTERS_FORMAT = "<6I"
+LAYER_RECORD_BYTES = 16  # cycles, reads, writes (u32 each) and four zero bytes
 PING_PAYLOAD = MAGIC + bytes([PROTOCOL_VERSION])
 
 
@@ -86,6 +91,7 @@ class Cmd(IntEnum):
     LOAD_DATA = 0x11
     INFER = 0x20
     COUNTERS = 0x30
+    LAYERS = 0x31
 
 
 class ErrorCode(IntEnum):
@@ -303,6 +309,17 @@ class Counters:
         if len(payload) != struct.calcsize(COUNTERS_FORMAT):
             raise LinkError(f"COUNTERS payload of {len(payload)} bytes, expected 24")
         return cls(*struct.unpack(COUNTERS_FORMAT, payload))
+
+
+def unpack_layers(payload: bytes) -> np.ndarray:
+    """The LAYERS response -> (layers, 3) int64: each layer's own cycles, reads and writes
+    (the records are the run's totals at each layer's end: consecutive differences)."""
+    if len(payload) % LAYER_RECORD_BYTES:
+        raise LinkError(f"LAYERS payload of {len(payload)} bytes is not whole "
+                        f"{LAYER_RECORD_BYTES}-byte records")
+    rec = np.frombuffer(payload, "<u4").reshape(-1, LAYER_RECORD_BYTES // 4)
+    total = rec[:, :3].astype(np.int64)
+    return np.diff(total, axis=0, prepend=np.zeros((1, 3), np.int64)) % (1 << 32)
 
 
 def bytes_for(bits: int) -> int:
