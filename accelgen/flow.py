@@ -215,6 +215,7 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
             report = _build_into(partial, opts, board, qg, p, acc, linked, pll, baud, accuracy,
                                  evaluation, say, t_start)
             report["arch"] = {"chosen": choice.arch, "asked": opts.arch, "why": choice.why}
+            report["layer_counters_over_link"] = bool(getattr(acc, "layer_words", 0))
         except TimingFailure as err:
             if opts.retry_lower_clock and not retried:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -266,7 +267,9 @@ def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None
         from accelgen.cores.array_accelerator import ArrayAccelerator
 
         p = estimate_array(qg, board.device, clock_mhz)
-        acc = ArrayAccelerator(p.program, family=array_target(board.device).family)
+        # (the per-layer counters cost about 500 logic cells: the UP5K's array has no room)
+        acc = ArrayAccelerator(p.program, family=array_target(board.device).family,
+                               layer_counters=board.family != "ice40")
     else:
         p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
         acc = Accelerator(p)

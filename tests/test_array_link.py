@@ -73,6 +73,7 @@ def test_array_accelerator_loads_the_program_image_word_by_word() -> None:
     words = np.frombuffer(image, "<u2")
     assert np.array_equal(words, program.image.astype(np.uint16))
     assert ArrayAccelerator(program).load_bytes == 0  # baked into the memory elsewhere
+    assert ArrayAccelerator(program, layer_counters=False).layer_words == 0
     assert acc.work_cycles == totals(program)[0]
     # a core built without what the program needs is refused, naming what is missing
     assert acc.core.lacks(program) == []

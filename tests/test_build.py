@@ -225,6 +225,7 @@ def test_array_build_checks_itself_and_reports_why(tmp_path: Path, capsys) -> No
     assert report["load_bytes"] == 2 * est.program.image.size
     assert (out / "weights.bin").stat().st_size == report["load_bytes"]
     assert report["resources"]["dsp"] == {"used": 8, "available": 8}
+    assert report["layer_counters_over_link"] is False  # (no room for them on the UP5K)
     # --arch auto says which template it chose and why
     auto = tmp_path / "auto"
     assert main(["build", "--arch", "auto", "--no-synth", "--check-images", "0", "--model",

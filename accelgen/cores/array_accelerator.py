@@ -42,10 +42,12 @@ from accelgen.errors import ShapeError
 class ArrayAccelerator(wiring.Component):
     """`program` on its `ArrayCore` (module docstring), for `family`, built with
     `Program.needs` updated with `build`; `baked` (default: not on iCE40) builds the image into
-    the memory instead of loading it."""
+    the memory instead of loading it; `layer_counters` keeps the per-layer counters readable
+    (``cnt_addr``/``cnt_data``, the host link's LAYERS)."""
 
     def __init__(self, program: Program, *, family: str | None = None,
-                 build: dict | None = None, baked: bool | None = None) -> None:
+                 build: dict | None = None, baked: bool | None = None,
+                 layer_counters: bool = True) -> None:
         self.program = program
         self.baked = (family != "ice40") if baked is None else baked
         self.core = ArrayCore(program.config, program.image if self.baked else (),
@@ -66,8 +68,11 @@ class ArrayAccelerator(wiring.Component):
         self.out_fmt = Format(h, w, c, self.out.bits, self.out.signed, 1)
         self.argmax = ArgMax(self.out_fmt)
         self.cls_bits = max(1, (self.argmax.classes - 1).bit_length())
-        # the per-layer counters the host link reads (LAYERS): 8 words a layer
-        self.layer_words = 8 * min(len(program.code), self.core.max_layers)
+        # the per-layer counters the host link reads (LAYERS): 8 words a layer. Without them
+        # (`layer_counters` False) the counter memory and the read and write counters have
+        # no reader and synthesis removes them: about 500 iCE40 logic cells
+        self.layer_words = 8 * min(len(program.code), self.core.max_layers) \
+            if layer_counters else 0
         super().__init__({
             "i": In(self.in_fmt.signature),
             "o": Out(self.out_fmt.signature),
