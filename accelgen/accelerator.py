@@ -144,6 +144,21 @@ def converter_chain(shape, lanes_in: int, lanes_out: int) -> list[WidthConverter
     return [WidthConverter(shape, a, b) for a, b in itertools.pairwise(lanes)]
 
 
+def accelerator_ports(in_fmt, out_fmt, cls_bits: int) -> dict:
+    """The ports every accelerator behind the host link has (module docstring): the pipeline's
+    `Accelerator` and the PE array's `ArrayAccelerator`."""
+    return {
+        "i": In(in_fmt.signature),
+        "o": Out(out_fmt.signature),
+        "cls": Out(stream.Signature(unsigned(cls_bits))),
+        "latency": Out(32),
+        "images": Out(32),
+        "load": In(stream.Signature(8, always_ready=True)),
+        "load_restart": In(1),
+        "loaded": Out(1),
+    }
+
+
 class Accelerator(wiring.Component):
     """The network from a plan (see the module docstring)."""
 
@@ -165,16 +180,7 @@ class Accelerator(wiring.Component):
                          if getattr(comp, "mac", None) is not None and comp.mac.loadable]
         self.loader = WeightLoader([LoadTarget(len(comp.mac.rom), comp.mac.word_bits)
                                     for _, comp in self.loadable])
-        super().__init__({
-            "i": In(self.in_fmt.signature),
-            "o": Out(self.out_fmt.signature),
-            "cls": Out(stream.Signature(unsigned(self.cls_bits))),
-            "latency": Out(32),
-            "images": Out(32),
-            "load": In(stream.Signature(8, always_ready=True)),
-            "load_restart": In(1),
-            "loaded": Out(1),
-        })
+        super().__init__(accelerator_ports(self.in_fmt, self.out_fmt, self.cls_bits))
 
     @property
     def load_bytes(self) -> int:

@@ -234,3 +234,15 @@ def test_array_build_checks_itself_and_reports_why(tmp_path: Path, capsys) -> No
     assert why["asked"] == "auto" and "FPS" in why["why"]
     assert why["why"].startswith("the PE array" if why["chosen"] == "array" else
                                  "the streaming pipeline")
+
+
+@pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
+def test_array_build_of_a_model_too_big_is_one_line_before_synthesis(tmp_path: Path,
+                                                                     capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["build", "--arch", "array", "--board", "gowin", "--no-synth",
+                 "--check-images", "0", "--model", str(MLPERF / "pretrainedResnet.onnx"),
+                 "--out", str(out)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "the PE array cannot run this model" in line and "words" in line
+    assert not out.exists() and not _leftovers(out)

@@ -27,10 +27,11 @@ registered: they land a cycle after their byte or beat.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from accelgen.accelerator import accelerator_ports
 from accelgen.array.compiler import Program
 from accelgen.array.machine import totals
 from accelgen.cores.pe_array import ArrayCore
@@ -74,14 +75,7 @@ class ArrayAccelerator(wiring.Component):
         self.layer_words = 8 * min(len(program.code), self.core.max_layers) \
             if layer_counters else 0
         super().__init__({
-            "i": In(self.in_fmt.signature),
-            "o": Out(self.out_fmt.signature),
-            "cls": Out(stream.Signature(unsigned(self.cls_bits))),
-            "latency": Out(32),
-            "images": Out(32),
-            "load": In(stream.Signature(8, always_ready=True)),
-            "load_restart": In(1),
-            "loaded": Out(1),
+            **accelerator_ports(self.in_fmt, self.out_fmt, self.cls_bits),
             "cnt_addr": In(max(1, (self.layer_words - 1).bit_length())),
             "cnt_data": Out(16),
         })
