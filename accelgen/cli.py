@@ -325,12 +325,8 @@ def _run_array(args: argparse.Namespace, qg) -> int:
     run = simulate_array if args.engine == "verilator" else simulate_array_pysim
     result = run(program, x_ir, family=target.family)
     qo = qg.outputs[0]
-    n = result.outputs.shape[0]
-    codes = result.outputs.reshape(n, -1)[:, qo.layout.reshape(-1)]
-    real = qg.tensors[qo.tensor].dequantize(codes).reshape((-1, *qo.onnx_shape))
-    if qo.host_softmax:
-        e = np.exp(real - real.max(axis=-1, keepdims=True))
-        real = e / e.sum(axis=-1, keepdims=True)
+    codes = result.logits(qo)
+    real = golden.real_output(qg, qo, codes)
     out = _write_outputs({qo.onnx_name: real}, args.output)
     print(f"{qo.onnx_name}: {real.shape} -> {out}; classes {codes.argmax(axis=1).tolist()}")
     cyc = result.counters[:, 0]
@@ -358,10 +354,7 @@ def _run_hardware(args: argparse.Namespace) -> int:
     x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
     result = simulate(Accelerator(p), x_ir, backend=args.engine)
     qo = qg.outputs[0]
-    real = qg.tensors[qo.tensor].dequantize(result.logits).reshape((-1, *qo.onnx_shape))
-    if qo.host_softmax:
-        e = np.exp(real - real.max(axis=-1, keepdims=True))
-        real = e / e.sum(axis=-1, keepdims=True)
+    real = golden.real_output(qg, qo, result.logits)
     out = _write_outputs({qo.onnx_name: real}, args.output)
     print(f"{qo.onnx_name}: {real.shape} -> {out}; classes {result.classes.tolist()}")
     cycles = result.cycles
@@ -630,9 +623,11 @@ def print_array_estimate(e, reason: str = "") -> None:
         util = "" if row["mac_utilization"] is None else f"{100 * row['mac_utilization']:.0f} %"
         print(f"  {_short(row['layer'], 28):<28} {row['op']:<8} {row['bits']:>4} "
               f"{row['cycles']:>10,} {row['reads']:>9,} {row['writes']:>8,} {util:>8}")
+    used = ", ".join(f"{k} {v['used']:,.0f}/{v['available']:,}" for k, v in e.resources.items())
+    print(f"  total: {used}")
     if not e.logic_checked:
-        print("  (the array's logic has not been placed on this device yet: the figures are "
-              "the exact cycle model of its RTL at the planned clock)")
+        print("  (not placed on this device yet: the cycles are the exact cycle model of the "
+              "array's RTL at the planned clock, the logic the array's logic model's)")
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -728,8 +723,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise
     for line in outcome.summary:
         print(line)
-    print(f"wrote {outcome.out}/ (report.json, the bitstream, accelerator.v, the .accel "
-          f"shape description)")
+    written = sorted(f.name + ("/" if f.is_dir() else "") for f in outcome.out.iterdir())
+    print(f"wrote {outcome.out}/ ({', '.join(written)})")
     return 0
 
 

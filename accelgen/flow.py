@@ -142,8 +142,7 @@ def run_self_check(acc, qg, x: np.ndarray, stop: threading.Event | None = None,
         except CompilerMissing:
             r = simulate_array_pysim(acc.program, x_ir, family=acc.core.family)
             engine = "pysim"
-        qo = qg.outputs[0]
-        logits = r.outputs.reshape(len(x), -1)[:, qo.layout.reshape(-1)]
+        logits = r.logits(qg.outputs[0])
         classes = logits.argmax(axis=1)
         cycles = r.counters[:, 0]
     else:
@@ -263,13 +262,12 @@ def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None
     except (ValueError, AccelgenError) as err:
         raise UsageError(f"--baud {baud}: {err}; choose a lower rate") from None
     if arch == "array":
-        from accelgen.array.targets import array_target, estimate_array
+        from accelgen.array.targets import array_target, estimate_array, layer_counters_kept
         from accelgen.cores.array_accelerator import ArrayAccelerator
 
         p = estimate_array(qg, board.device, clock_mhz)
-        # (the per-layer counters cost about 500 logic cells: the UP5K's array has no room)
         acc = ArrayAccelerator(p.program, family=array_target(board.device).family,
-                               layer_counters=board.family != "ice40")
+                               layer_counters=layer_counters_kept(board.family))
     else:
         p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
         acc = Accelerator(p)

@@ -287,16 +287,20 @@ def _softmax(x: Array) -> Array:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def real_output(qg: QuantizedGraph, qo, codes: Array) -> Array:
+    """Integer codes of output `qo` in model order, (N, K) -> its real values in the model's
+    shape (dequantized; the host's softmax applied where the model has one)."""
+    real = qg.tensors[qo.tensor].dequantize(np.asarray(codes)).reshape((-1, *qo.onnx_shape))
+    return _softmax(real) if qo.host_softmax else real
+
+
 def run(qg: QuantizedGraph, feeds: Mapping[str, Array] | Array) -> dict[str, Array]:
     """Model-layout inputs -> model-layout real outputs (dequantized; host softmax applied)."""
     values = run_ir(qg, quantize_inputs(qg, feeds))
     out = {}
     for qo in qg.outputs:
         q = values[qo.tensor]
-        n = q.shape[0]
-        real = qg.tensors[qo.tensor].dequantize(q.reshape(n, -1)[:, qo.layout.reshape(-1)])
-        real = real.reshape((n, *qo.onnx_shape))
-        out[qo.onnx_name] = _softmax(real) if qo.host_softmax else real
+        out[qo.onnx_name] = real_output(qg, qo, q.reshape(q.shape[0], -1)[:, qo.layout.reshape(-1)])
     return out
 
 

@@ -1,7 +1,8 @@
 """The PE array built through the real tools: MLPerf Tiny models the streaming pipeline cannot
 hold, each on its board (`accelgen build --arch array`), with the report's figures in a table.
 
-    python benchmarks/array_builds.py [--only ice40|ecp5] [--seeds N] [--out FILE.md]
+    python benchmarks/array_builds.py [--only resnet8-ice40 vww-ecp5 resnet8-ecp5] [--seeds N]
+                                      [--out FILE.md]
 
 Per build: the model, board and clock, Fmax (best, and min/median over the seeds), whether
 timing is met, cycles per image (the array's counters in the self-check, equal to the cycle
@@ -23,24 +24,26 @@ from pathlib import Path
 from accelgen.cli import main as accelgen
 
 MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
-BUILDS = {"ice40": ("pretrainedResnet.onnx", "ResNet-8"),
-          "ecp5": ("vww_96_float_tf2onnx.onnx", "VWW MobileNet")}
+# name -> (board, model file, model)
+BUILDS = {"resnet8-ice40": ("ice40", "pretrainedResnet.onnx", "ResNet-8"),
+          "vww-ecp5": ("ecp5", "vww_96_float_tf2onnx.onnx", "VWW MobileNet"),
+          "resnet8-ecp5": ("ecp5", "pretrainedResnet.onnx", "ResNet-8")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=sorted(BUILDS), default=None)
+    ap.add_argument("--only", choices=list(BUILDS), nargs="+", default=None)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     lines = ["# PE array builds (`accelgen build --arch array`)", "",
              ("| model | board | clock (MHz) | Fmax best (min/median) | timing | cycles/image | "
               "FPS at clock | FPS at Fmax | link images/s | LUT | FF | EBR | SPRAM | DSP | "
-              "self-check | wall (s) |"),
+              "per-layer counters over the link | self-check | wall (s) |"),
              ("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-              "---: | ---: | --- | ---: |")]
-    for board, (fname, name) in BUILDS.items():
-        if args.only and board != args.only:
+              "---: | ---: | --- | --- | ---: |")]
+    for key, (board, fname, name) in BUILDS.items():
+        if args.only and key not in args.only:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
@@ -51,7 +54,7 @@ def main() -> None:
             wall = time.monotonic() - t0
             if code != 0:
                 lines.append(f"| {name} | {board} | build failed (exit {code}) | | | | | | | "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 print(lines[-1], flush=True)
                 continue
             r = json.loads((out / "report.json").read_text())
@@ -68,6 +71,7 @@ def main() -> None:
             f"{'met' if r['timing_met'] else 'FAILED'} | {r['cycles_per_image']:,} | "
             f"{r['fps']:.1f} | {r['fps_at_fmax']:.1f} | {r['link']['fps']:.1f} | "
             f"{used('lut')} | {used('ff')} | {used('bram')} | {used('spram')} | {used('dsp')} | "
+            f"{'yes' if r.get('layer_counters_over_link') else 'no'} | "
             f"{'bit-exact' if sc.get('equal') else 'MISMATCH'} ({sc.get('engine')}) | "
             f"{wall:.0f} |")
         print(lines[-1], flush=True)

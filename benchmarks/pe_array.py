@@ -34,9 +34,7 @@ import numpy as np
 
 from accelgen import golden, reference
 from accelgen.array.compiler import (
-    MAX_ALIGN,
-    MAX_LEFT_SHIFT,
-    MAX_RIGHT_SHIFT,
+    GENERAL_CORE,
     DoesNotFitArray,
     NotOnArray,
     compile_graph,
@@ -48,8 +46,7 @@ from accelgen.compress import QuantConfig, quantize
 from accelgen.frontend import load_model
 from accelgen.sim.array import simulate_array
 
-GENERAL = {"acc_bits": 48, "modes": None, "shifts": (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT),
-           "ops": None, "align": MAX_ALIGN, "fields": None}
+GENERAL = GENERAL_CORE
 MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
 ARRAYS = {"iCEBreaker (UP5K)": "ice40", "ULX3S-85F": "ecp5"}  # board -> its array_target
 

