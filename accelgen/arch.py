@@ -5,7 +5,8 @@
 * ``array``: the PE array (`accelgen.array.targets.estimate_array`); `NotOnArray` or
   `DoesNotFitArray` when it cannot run the model.
 * ``auto``: both are planned; the faster one that fits is chosen (the pipeline on a tie), and
-  `ArchChoice.why` says which and why. Neither fitting is a `UsageError` naming both causes.
+  `ArchChoice.why` says which and why. Neither fitting is a `DoesNotFit`: the pipeline's
+  per-layer table, and a message naming both causes.
 """
 
 from __future__ import annotations
@@ -50,12 +51,15 @@ def choose_arch(arch: str, qg, dev, *, fps: float | None = None,
         est, array_error = None, str(err)
     try:
         p = plan(qg, dev, fps=fps, clock_mhz=clock_mhz)
-        pipeline_error = ""
+        unfit = None
     except DoesNotFit as err:
-        p, pipeline_error = None, str(err)
+        p, unfit = None, err
     if p is None and est is None:
-        raise UsageError(f"{qg.name} fits neither template on {dev.name}: the pipeline: "
-                         f"{pipeline_error}; the PE array: {array_error}")
+        # (the pipeline's per-layer table, with both templates' reasons)
+        raise DoesNotFit(f"{qg.name} fits neither template on {dev.name}: the pipeline: "
+                         f"{unfit}; the PE array: {array_error}", unfit.table, unfit.budget,
+                         unfit.suggestions) from None
+    pipeline_error = str(unfit) if unfit is not None else ""
     if p is not None and (est is None or p.fps >= est.fps):
         why = (f"the streaming pipeline: {p.fps:,.0f} FPS against the PE array's "
                f"{est.fps:,.1f}" if est is not None else

@@ -788,9 +788,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--clock", type=float, default=None, help="clock in MHz (default: planned)")
     s.add_argument("--bits", type=int, default=8, help="bits when compressing an .onnx model")
     s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")
-    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="pipeline",
-                   help="the streaming pipeline, the layer-sequential PE array, or whichever "
-                        "fits and is faster (the report says why)")
+    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="auto",
+                   help="the streaming pipeline, the layer-sequential PE array, or (the "
+                        "default) whichever fits and is faster; the estimate says why")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_estimate)
 
@@ -841,9 +841,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-lower-clock", action="store_true",
                    help="on a timing failure, build once more at the achieved Fmax")
     s.add_argument("--no-cache", action="store_true", help="run the tools even if cached")
-    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="pipeline",
-                   help="the streaming pipeline (default), the layer-sequential PE array, or "
-                        "whichever fits and is faster (the report says why)")
+    s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="auto",
+                   help="the streaming pipeline, the layer-sequential PE array, or (the "
+                        "default) whichever fits and is faster; the report says why")
     s.set_defaults(fn=cmd_build)
 
     s = sub.add_parser("boards", help="list the boards and their resources")

@@ -67,7 +67,7 @@ class BuildOptions:
     baud: int | None = None
     retry_lower_clock: bool = False
     use_cache: bool = True
-    arch: str = "pipeline"
+    arch: str = "auto"
 
 
 @dataclass
@@ -428,6 +428,11 @@ def planned_resources(p, s: dict) -> dict:
 def summary_lines(r: dict) -> list[str]:
     """The human summary printed at the end of a build."""
     lines = [f"{r['model']} on {r['board']} ({r['device']}), {r['bits']}-bit"]
+    arch = r.get("arch") or {}
+    if arch:
+        what = {"array": "the PE array", "pipeline": "the streaming pipeline"}[arch["chosen"]]
+        how = arch["why"] if arch.get("asked") == "auto" else f"asked for ({arch['why']})"
+        lines.append(f"  hardware      {what}: {how}")
     acc = r.get("accuracy") or {}
     if acc:
         lines.append(f"  accuracy      float {100 * acc['float']:.2f} %, integer "

@@ -52,13 +52,31 @@ def test_model_too_big_stops_before_synthesis(tmp_path: Path, capsys, monkeypatc
     monkeypatch.setattr(build_mod, "run_tool", lambda *a, **k: started.append(a))
     out = tmp_path / "resnet"
     code = main(["build", "--board", "ice40", "--model",
-                 str(MLPERF / "pretrainedResnet.onnx"), "--out", str(out)])
+                 str(MLPERF / "pretrainedResnet.onnx"), "--out", str(out), "--arch",
+                 "pipeline"])
     captured = capsys.readouterr()
     assert code != 0
     assert "does not fit iCE40UP5K" in captured.out and "budget:" in captured.out
     assert "iCE40UP5K" in _one_error_line(captured.err)
     assert not started, "no tool may run for a model that does not fit"
     assert not out.exists() and not _leftovers(out)
+
+
+def test_model_neither_template_holds_gets_the_table_and_both_reasons(tmp_path: Path, capsys,
+                                                                      monkeypatch) -> None:
+    """The VWW MobileNet on the UP5K, with the default --arch auto: the pipeline's per-layer
+    table, and one error line naming why neither the pipeline nor the PE array holds it."""
+    started = []
+    monkeypatch.setattr(build_mod, "run_tool", lambda *a, **k: started.append(a))
+    out = tmp_path / "vww"
+    code = main(["build", "--board", "ice40", "--model",
+                 str(MLPERF / "vww_96_float_tf2onnx.onnx"), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "does not fit iCE40UP5K" in captured.out and "budget:" in captured.out
+    line = _one_error_line(captured.err)
+    assert "fits neither template on iCE40UP5K" in line and "the PE array:" in line
+    assert not started and not out.exists() and not _leftovers(out)
 
 
 def test_unwritable_output_folder_is_refused_first(tmp_path: Path, capsys) -> None:
