@@ -352,7 +352,26 @@ def _run_hardware(args: argparse.Namespace) -> int:
     p = plan(qg, device(args.board))
     feeds = load_inputs(args.inputs, qg)
     x_ir = golden.quantize_inputs(qg, feeds)[qg.inputs[0].tensor]
-    result = simulate(Accelerator(p), x_ir, backend=args.engine)
+    options = {}
+    if args.vcd:
+        if args.engine != "cxxrtl":
+            raise UsageError(f"--vcd: the {args.engine} engine writes no waveforms; use "
+                             "--engine cxxrtl")
+        if not 0 <= args.vcd_image < x_ir.shape[0]:
+            raise UsageError(f"--vcd-image {args.vcd_image}: the inputs hold images "
+                             f"0..{x_ir.shape[0] - 1}")
+        vcd = Path(args.vcd)
+        partial = vcd.with_name(f".{vcd.name}.partial")
+        options = {"vcd": str(partial), "vcd_image": args.vcd_image}
+    try:
+        result = simulate(Accelerator(p), x_ir, backend=args.engine, **options)
+    except BaseException:
+        if args.vcd:  # (a waveform cut short is not left looking complete)
+            partial.unlink(missing_ok=True)
+        raise
+    if args.vcd:
+        partial.replace(vcd)
+        print(f"waveform of image {args.vcd_image} -> {vcd} (GTKWave or Surfer)")
     qo = qg.outputs[0]
     real = golden.real_output(qg, qo, result.logits)
     out = _write_outputs({qo.onnx_name: real}, args.output)
@@ -779,6 +798,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the board whose plan --engine pysim/cxxrtl/verilator simulates")
     s.add_argument("--arch", choices=("pipeline", "array"), default="pipeline",
                    help="the hardware the pysim/verilator engines simulate")
+    s.add_argument("--vcd", default=None, metavar="FILE.vcd",
+                   help="a waveform of one image (--engine cxxrtl)")
+    s.add_argument("--vcd-image", type=int, default=0, metavar="N",
+                   help="the image --vcd records (default 0)")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("estimate", help="plan the accelerator: folding, cycles, resources")

@@ -133,3 +133,24 @@ def test_cli_without_a_compiler_is_one_line_and_exit_2(tmp_path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install g++" in lines[0], r.stderr
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_run_writes_the_waveform_of_the_chosen_image(tmp_path) -> None:
+    """`accelgen run --engine cxxrtl --vcd FILE --vcd-image N`: the waveform of image N only, no
+    partial file left; another engine is one line and exit 2."""
+    accel = tmp_path / "d.accel"
+    assert _cli("compress", "--out", str(accel)).returncode == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).uniform(0, 1, (2, 1, 28, 28)).astype(np.float32))
+    vcd = tmp_path / "w.vcd"
+    r = _cli("run", str(accel), "--engine", "cxxrtl", "--board", "ulx3s-12f", "--inputs",
+             str(x), "-o", str(tmp_path / "y.npy"), "--vcd", str(vcd), "--vcd-image", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"waveform of image 1 -> {vcd}" in r.stdout
+    text = vcd.read_text()
+    assert "$enddefinitions" in text and "ivalid" in text
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    r = _cli("run", str(accel), "--engine", "verilator", "--board", "ulx3s-12f", "--inputs",
+             str(x), "-o", str(tmp_path / "z.npy"), "--vcd", str(tmp_path / "v.vcd"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "use --engine cxxrtl" in r.stderr and not (tmp_path / "z.npy").exists()
