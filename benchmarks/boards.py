@@ -95,16 +95,17 @@ def main() -> None:
              f"{platform.machine()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
     lines = [title, ""]
     if rows:
-        lines += [("| board | LUT/LC | FF | BRAM | SPRAM | DSP | planned MHz | Fmax best / min / "
-                   "median | timing | cycles/image | FPS at plan | FPS at Fmax | link FPS | "
-                   "build s |"),
-                  ("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | "
-                   "---: | ---: | ---: |")]
+        lines += [("| board | hardware | LUT/LC | FF | BRAM | SPRAM | DSP | planned MHz | "
+                   "Fmax best / min / median | timing | cycles/image | FPS at plan | "
+                   "FPS at Fmax | link FPS | build s |"),
+                  ("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | "
+                   "---: | ---: | ---: | ---: |")]
     for board, r, wall, _rc, _err in rows:
         met = {True: "met", False: "FAILED", None: "-"}[r.get("timing_met")]
         link = (r.get("link") or {}).get("fps")
         lines.append(
-            f"| {r.get('board', board)} | {_res(r, 'lut')} | {_res(r, 'ff')} | "
+            f"| {r.get('board', board)} | {(r.get('arch') or {}).get('chosen', '-')} | "
+            f"{_res(r, 'lut')} | {_res(r, 'ff')} | "
             f"{_res(r, 'bram')} | {_res(r, 'spram')} | {_res(r, 'dsp')} | "
             f"{_f(r.get('clock_mhz'), '{:g}')} | {_f(r.get('fmax_mhz'))} / "
             f"{_f(r.get('fmax_min_mhz'))} / {_f(r.get('fmax_median_mhz'))} | {met} | "

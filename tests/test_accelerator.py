@@ -119,14 +119,16 @@ def test_estimate_cli_json_and_does_not_fit(tmp_path) -> None:
         pytest.skip("MLPerf Tiny models absent")
     kws = str(MLPERF / "kws_ref_model_float32_tf2onnx.onnx")
     proc = subprocess.run([sys.executable, "-m", "accelgen", "estimate", kws, "--board", "ecp5",
-                           "--json", "--calib-data", "random"], capture_output=True, text=True)
+                           "--json", "--calib-data", "random", "--arch", "pipeline"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["fits"] and doc["fps"] > 0 and 0 < doc["mac_utilization"] <= 1
     assert doc["resources"]["dsp"]["available"] == 156
     res = str(MLPERF / "pretrainedResnet.onnx")
     proc = subprocess.run([sys.executable, "-m", "accelgen", "estimate", res, "--board", "ice40",
-                           "--calib-data", "random"], capture_output=True, text=True)
+                           "--calib-data", "random", "--arch", "pipeline"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2
     assert "does not fit" in proc.stdout and "budget" in proc.stdout
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
