@@ -645,8 +645,8 @@ def print_array_estimate(e, reason: str = "") -> None:
     used = ", ".join(f"{k} {v['used']:,.0f}/{v['available']:,}" for k, v in e.resources.items())
     print(f"  total: {used}")
     if not e.logic_checked:
-        print("  (not placed on this device yet: the cycles are the exact cycle model of the "
-              "array's RTL at the planned clock, the logic the array's logic model's)")
+        print("  (not placed on this device yet: cycles from the exact cycle model of the "
+              "array's RTL at the planned clock, logic from the array's logic model)")
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
