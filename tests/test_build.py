@@ -264,3 +264,36 @@ def test_array_build_of_a_model_too_big_is_one_line_before_synthesis(tmp_path: P
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "the PE array cannot run this model" in line and "words" in line
     assert not out.exists() and not _leftovers(out)
+
+
+def test_array_self_check_without_verilator_checks_one_image_in_pysim(monkeypatch) -> None:
+    """No Verilator: the array's self-check falls back to Amaranth's simulator with the first
+    image only (bit-exact), and says so."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from accelgen import flow
+    from accelgen.array.compiler import ArrayConfig, compile_graph
+    from accelgen.compress import QuantConfig, quantize
+    from accelgen.sim import array as sim_array
+    from accelgen.sim.compiled import CompilerMissing
+    from tests.test_array import _net
+
+    rng = np.random.default_rng(5)
+    graph = _net(rng, 2, 4, (3, 3), 1, [1, 1, 1, 1], False, False, "none", 6)
+    qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 2, 6, 6)).astype(np.float32),
+                     QuantConfig(calibration="max"))
+    # (what the self-check reads of an `ArrayAccelerator`: its program and core's family)
+    acc = SimpleNamespace(program=compile_graph(qg, ArrayConfig(pes=4, mem_words=2048,
+                                                                wbuf_words=64)),
+                          core=SimpleNamespace(family=None))
+
+    def missing(*args, **kwargs):
+        raise CompilerMissing("no verilator here")
+
+    monkeypatch.setattr(sim_array, "simulate_array", missing)
+    x = rng.uniform(-1, 1, (3, 2, 6, 6)).astype(np.float32)
+    check = flow.run_self_check(acc, qg, x)
+    assert check["engine"] == "pysim" and check["images"] == 1
+    assert check["equal"] and check["classes_equal"] and len(check["cycles"]) == 1
