@@ -1,8 +1,8 @@
 """The PE array built through the real tools: MLPerf Tiny models the streaming pipeline cannot
 hold, each on its board (`accelgen build --arch array`), with the report's figures in a table.
 
-    python benchmarks/array_builds.py [--only resnet8-ice40 vww-ecp5 resnet8-ecp5] [--seeds N]
-                                      [--out FILE.md]
+    python benchmarks/array_builds.py [--only resnet8-ice40 vww-ecp5 resnet8-ecp5 kws-ice40]
+                                      [--seeds N] [--out FILE.md]
 
 Per build: the model, board and clock, Fmax (best, and min/median over the seeds), whether
 timing is met, cycles per image (the array's counters in the self-check, equal to the cycle
@@ -27,7 +27,8 @@ MLPERF = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tin
 # name -> (board, model file, model)
 BUILDS = {"resnet8-ice40": ("ice40", "pretrainedResnet.onnx", "ResNet-8"),
           "vww-ecp5": ("ecp5", "vww_96_float_tf2onnx.onnx", "VWW MobileNet"),
-          "resnet8-ecp5": ("ecp5", "pretrainedResnet.onnx", "ResNet-8")}
+          "resnet8-ecp5": ("ecp5", "pretrainedResnet.onnx", "ResNet-8"),
+          "kws-ice40": ("ice40", "kws_ref_model_float32_tf2onnx.onnx", "KWS DS-CNN")}
 
 
 def main() -> None:
