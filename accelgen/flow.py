@@ -434,10 +434,10 @@ def summary_lines(r: dict) -> list[str]:
     """The human summary printed at the end of a build."""
     lines = [f"{r['model']} on {r['board']} ({r['device']}), {r['bits']}-bit"]
     arch = r.get("arch") or {}
-    if arch:
+    if arch:  # (auto's reason names the template; otherwise the option chose it)
         what = {"array": "the PE array", "pipeline": "the streaming pipeline"}[arch["chosen"]]
-        how = arch["why"] if arch.get("asked") == "auto" else f"asked for ({arch['why']})"
-        lines.append(f"  hardware      {what}: {how}")
+        lines.append("  hardware      " + (arch["why"] if arch.get("asked") == "auto" else
+                                          f"{what} (--arch {arch['chosen']})"))
     acc = r.get("accuracy") or {}
     if acc:
         lines.append(f"  accuracy      float {100 * acc['float']:.2f} %, integer "
