@@ -128,8 +128,8 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
 
     out_t = qg.tensors[qg.outputs[0].tensor]
     kept = layer_counters_kept(dev.family)
-    logic = array_resources(dev.family, cfg.pes, program.needs(), kept,
-                            out_t.size * out_t.bits)
+    needs = program.needs()
+    logic = array_resources(dev.family, cfg.pes, needs, kept, out_t.size * out_t.bits)
     if logic.lut > dev.luts:
         raise DoesNotFitArray(
             f"{qg.name}'s array needs about {logic.lut:,.0f} of the {dev.luts:,} LUTs of "
@@ -138,7 +138,7 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
             "controller): try fewer bits, one width for every layer, or a bigger device")
     resources = {"lut": {"used": round(logic.lut), "available": dev.luts},
                  "ff": {"used": round(logic.ff), "available": dev.ffs}}
-    brams = array_block_rams(dev, cfg, program.needs(), kept)
+    brams = array_block_rams(dev, cfg, needs, kept)
     if brams is not None:
         resources["bram"] = {"used": brams, "available": dev.bram_blocks}
     if target.family == "ice40":  # one SB_MAC16 a PE; the main memory in SPRAM
