@@ -154,3 +154,16 @@ def test_run_writes_the_waveform_of_the_chosen_image(tmp_path) -> None:
              str(x), "-o", str(tmp_path / "z.npy"), "--vcd", str(tmp_path / "v.vcd"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "use --engine cxxrtl" in r.stderr and not (tmp_path / "z.npy").exists()
+
+
+def test_run_vcd_image_outside_the_inputs_is_one_line_and_writes_nothing(tmp_path) -> None:
+    accel = tmp_path / "d.accel"
+    assert _cli("compress", "--out", str(accel)).returncode == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((2, 1, 28, 28), np.float32))
+    vcd = tmp_path / "w.vcd"
+    r = _cli("run", str(accel), "--engine", "cxxrtl", "--board", "ulx3s-12f", "--inputs",
+             str(x), "-o", str(tmp_path / "y.npy"), "--vcd", str(vcd), "--vcd-image", "2")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--vcd-image 2: the inputs hold images 0..1" in r.stderr and "Traceback" not in r.stderr
+    assert not vcd.exists() and not (tmp_path / "y.npy").exists()
