@@ -352,6 +352,23 @@ def cache_root() -> Path:
     return Path(base) / "accelgen" / "builds"
 
 
+SYNTH = {"ice40": "synth_ice40 -spram", "ecp5": "synth_ecp5", "gowin": "synth_gowin"}
+
+
+def synth_script(family: str) -> str:
+    """The Yosys script of a build for `family`.
+
+    The LUT mapping (ABC9) runs after ``splitnets``: ABC9 can reintegrate its netlist under a
+    wire name the design already has and fail an assertion (YosysHQ/yosys#4349; hit here by
+    the default model's ECP5 pipeline with Yosys 0.60 to 0.70), and splitting multi-bit
+    nets first is the workaround its maintainers give. ``accelerator.v`` is written from the
+    saved RTL after synthesis, so writing it does not change the names synthesis sees."""
+    synth = SYNTH[family]
+    return (f"read_rtlil top.il; design -save rtl; {synth} -top top -run begin:map_luts; "
+            f"splitnets; {synth} -top top -run map_luts:; tee -o synth_stat.txt stat; "
+            "write_json top.json; design -load rtl; write_verilog -noattr accelerator.v")
+
+
 def build_files(files: dict[str, str], *, family: str, part: str, package: str,
                 target_mhz: float, seeds: int, workdir: Path, bitstream_ext: str,
                 gowin_family: str = "", use_cache: bool = True,
@@ -369,7 +386,8 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
     constraints = next(n for n in files if n.endswith((".pcf", ".lpf", ".cst")))
     key_src = json.dumps({"files": {n: files[n] for n in sorted(files)}, "family": family,
                           "part": part, "package": package, "target": target_mhz,
-                          "seeds": seeds, "versions": versions}, sort_keys=True)
+                          "seeds": seeds, "versions": versions,
+                          "script": synth_script(family)}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     cached_dir = cache_root() / key
     bit_name = "top" + bitstream_ext
@@ -386,11 +404,8 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
         (workdir / name).write_text(text)
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
-    synth = {"ice40": "synth_ice40 -spram", "ecp5": "synth_ecp5", "gowin": "synth_gowin"}[family]
-    say(f"synthesis ({synth})")
-    script = ("read_rtlil top.il; write_verilog -noattr accelerator.v; "
-              f"{synth} -top top; tee -o synth_stat.txt stat; "
-              "write_json top.json")
+    say(f"synthesis ({SYNTH[family]})")
+    script = synth_script(family)
     run_tool("yosys", ["-q", "-l", "synth.log", "-p", script], workdir, "yosys.log")
     seconds["synthesis"] = time.monotonic() - t0
     if logic_capacity:
