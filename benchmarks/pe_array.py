@@ -20,8 +20,8 @@ from the hardware's own counters (cycles, memory reads and writes, per layer):
 
 Arrays (`accelgen.array.targets`, as `accelgen estimate --arch array` plans them): iCEBreaker
 (UP5K): 8 PEs on the 8 SB_MAC16 blocks, 65,536 words of memory (the 128 KB of SPRAM), 512-word
-weight buffers; ULX3S-85F: 16 PEs (two MULT18X18D each), 188,416 words of block RAM, 1,024-word
-weight buffers.
+weight buffers; ULX3S-85F: 16 PEs (two MULT18X18D each) of up to two output channels per pass
+(`ArrayConfig.folds`), 188,416 words of block RAM, 1,024-word weight buffers.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def main() -> None:
     for array_name, board_name in ARRAYS.items():
         target = array_target(board(board_name).device)
         cfg, family, clock = target.config, target.family, target.clock_mhz
-        lines += [(f"## {array_name}: {cfg.pes} PEs, {cfg.mem_words:,} memory words, "
-                  f"planned clock {clock:g} MHz"), "",
+        lines += [(f"## {array_name}: {cfg.pes} PEs (up to {cfg.folds} output channel"
+                   f"{'s' if cfg.folds > 1 else ''} each per pass), {cfg.mem_words:,} memory "
+                   f"words, planned clock {clock:g} MHz"), "",
                   ("| width | cycles/image | speedup vs 16-bit | execution time reduction | "
                   "memory accesses/image | access reduction | weight memory (bytes) | "
                   "relative error vs float (top-1 agreement) | MAC utilisation | "

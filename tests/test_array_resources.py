@@ -36,20 +36,23 @@ _FLOWS = {"ice40": ("synth_ice40 -spram", r"SB_DFF\w*", {"dsp": "SB_MAC16",
           "ecp5": ("synth_ecp5", r"TRELLIS_FF", {"bram": "DP16KD"})}
 
 
-def _residual_block(bits: int):
+def _residual_block(bits: int, channels: int = 8):
     rng = np.random.default_rng(3)
-    graph = _net(rng, 3, 8, (3, 3), 1, [1, 1, 1, 1], True, True, "max", 8)
+    graph = _net(rng, 3, channels, (3, 3), 1, [1, 1, 1, 1], True, True, "max", 8)
     qg, _ = quantize(graph, rng.uniform(-1, 1, (16, 3, 8, 8)).astype(np.float32),
                      QuantConfig(weight_bits=bits, act_bits=bits, calibration="max"))
     return qg
 
 
-@pytest.mark.parametrize("family", ["ice40", "ecp5"])
-def test_array_logic_model_within_15_percent_of_synthesis(family: str, tmp_path: Path) -> None:
-    qg = _residual_block(8)
+@pytest.mark.parametrize(("family", "channels"), [("ice40", 8), ("ecp5", 8), ("ecp5", 32)])
+def test_array_logic_model_within_15_percent_of_synthesis(family: str, channels: int,
+                                                          tmp_path: Path) -> None:
+    """(32 channels on ECP5's 16 PEs: two accumulators a PE, `ArrayConfig.folds`.)"""
+    qg = _residual_block(8, channels)
     dev = board(family).device
     target = array_target(dev)
     program = compile_graph(qg, target.config)
+    assert program.folds == (2 if channels > target.config.pes else 1)
     kept = layer_counters_kept(family)
     acc = ArrayAccelerator(program, family=target.family, layer_counters=kept)
     values = [v.as_value() if isinstance(v, data.View) else v

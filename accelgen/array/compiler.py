@@ -48,7 +48,7 @@ MAX_ALIGN = 7  # an add's input alignment (left shift)
 # `ArrayCore` options that run every program for an array (every mode, operation, shift and
 # field width): programs that share one compiled simulation model pass it as `build`
 GENERAL_CORE = {"acc_bits": 48, "modes": None, "shifts": (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT),
-                "ops": None, "align": MAX_ALIGN, "fields": None}
+                "ops": None, "align": MAX_ALIGN, "fields": None, "folds": None}
 LANE_BITS = 24  # the vector unit's lane accumulators (an average's sum must fit)
 
 
@@ -68,12 +68,17 @@ class ArrayConfig:
     cycles a PE takes for a word of one 16-bit or four 4-bit lanes (2 on iCE40, whose DSP
     blocks are fixed in their dual 8x8 mode: two 8x8 products a cycle, so a 16x16 product is
     four of them over two cycles and four 4-bit lanes two cycles; a word of two 8-bit lanes
-    always takes one)."""
+    always takes one). `folds` is the most output channels a PE computes in one pass over a
+    layer's input (its accumulators): a convolution whose channels outnumber the PEs gives
+    each PE up to `folds` of them per group (as many as its kernels fit the weight buffer), so
+    each activation word read from memory feeds ``folds * pes`` channels, not `pes`: fewer
+    groups, fewer reads of the input (1 on iCE40, whose array has no logic to spare)."""
 
     pes: int = 8
     mem_words: int = 65536
     wbuf_words: int = 512
     word16_cycles: int = 1
+    folds: int = 1
 
     def __post_init__(self) -> None:
         if not 4 <= self.pes <= 4096 or self.pes % 4:
@@ -84,6 +89,13 @@ class ArrayConfig:
                                 f"{self.wbuf_words!r} words is too small")
         if self.word16_cycles not in (1, 2):
             raise AccelgenError(f"word16_cycles {self.word16_cycles!r} must be 1 or 2")
+        if not 1 <= self.folds <= 8 or self.folds * self.pes > 255:
+            raise AccelgenError(f"folds {self.folds!r} must be in 1..8 with folds * pes "
+                                f"({self.folds} * {self.pes}) at most 255 channels a group")
+        if self.folds > 1 and self.word16_cycles != 1:
+            raise AccelgenError(f"folds {self.folds!r} with word16_cycles "
+                                f"{self.word16_cycles}: a PE that takes two cycles a word "
+                                "computes one channel at a time (folds 1)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class LayerCode:
     macs: int
     group: int = 1  # output channels per group (CONV)
     kernel_words: int = 0  # words per output channel's kernel (CONV)
+    fold: int = 1  # output channels per PE in a group (CONV)
 
 
 @dataclass(frozen=True)
@@ -185,10 +198,17 @@ class Program:
             out[name] = min(bits, need)
         return out
 
+    @property
+    def folds(self) -> int:
+        """The most output channels a PE computes per pass in any instruction (the
+        accumulators a PE needs)."""
+        return max([lc.fold for lc in self.code] or [1])
+
     def needs(self) -> dict:
         """What a core must be built with to run this program (`ArrayCore`'s options)."""
         return {"acc_bits": self.acc_bits, "modes": self.modes, "shifts": self.shift_range,
-                "ops": self.ops, "align": self.align, "fields": self.field_bits}
+                "ops": self.ops, "align": self.align, "fields": self.field_bits,
+                "folds": self.folds}
 
     def core_options(self, build: dict | None = None) -> dict:
         """`needs`, with the options in `build` (wider ones, e.g. `GENERAL_CORE`) in place."""
@@ -350,15 +370,19 @@ class _Allocator:
         self.live.remove((addr, words))
 
 
-def _conv_words(layer: QConv | QDense, x: Placement, y_mode: Mode, pes: int
-                ) -> tuple[np.ndarray, int, int]:
-    """Weights laid out per group and PE: (groups, g, K words) uint16; K; the group size g.
+def _conv_words(layer: QConv | QDense, x: Placement, y_mode: Mode, config: ArrayConfig
+                ) -> tuple[np.ndarray, int, int, int]:
+    """Weights laid out per group and PE: (groups, PEs used, fold * K words) uint16; K (words
+    per channel's kernel); the group size g; the fold (channels per PE in a group).
 
-    A convolution's group is `pes` output channels, each PE's kernel all the input's channel
-    words at every tap. A depthwise convolution's group is as many channels as one input word
-    or one output word holds, whichever is more (its output words are then whole): per tap it
-    reads the group's input words, and PE ``p`` has its channel's weight in the lane of its
-    channel, in the word holding it, and zeros elsewhere."""
+    A convolution's group is ``fold * pes`` output channels, each PE's kernels all the input's
+    channel words at every tap, interleaved word by word (`isa`). The fold is the fewest
+    channels per PE that gives the fewest groups, within `ArrayConfig.folds` and the weight
+    buffer. A depthwise convolution's group is as many channels as one input word or one
+    output word holds, whichever is more (its output words are then whole): per tap it reads
+    the group's input words, and PE ``p`` has its channel's weight in the lane of its channel,
+    in the word holding it, and zeros elsewhere."""
+    pes = config.pes
     lanes = x.lanes
     if isinstance(layer, QDense):
         h, w, c = x.shape
@@ -378,13 +402,21 @@ def _conv_words(layer: QConv | QDense, x: Placement, y_mode: Mode, pes: int
             g, p = divmod(o, gsz)
             lanes_w[g, p, :, p // lanes, o % lanes] = weight[o, :, :, 0].reshape(-1)
         words = _pack(lanes_w.reshape(groups, gsz, -1), x.mode)
-        return words, kh * kw * per, gsz
+        return words, kh * kw * per, gsz, 1
     cw = x.channel_words
-    groups = -(-c_out // pes)
-    lanes_w = np.zeros((groups * pes, kh, kw, cw * lanes), np.int64)
+    k = kh * kw * cw
+    per_pe = -(-c_out // pes)  # channels each PE computes over the layer
+    fit = max(1, min(config.folds, config.wbuf_words // k))
+    groups = -(-per_pe // fit)
+    fold = -(-per_pe // groups)
+    gsz = fold * pes
+    lanes_w = np.zeros((groups * gsz, kh, kw, cw * lanes), np.int64)
     lanes_w[:c_out, :, :, :c_k] = weight
-    words = _pack(lanes_w.reshape(groups, pes, -1), x.mode)
-    return words, kh * kw * cw, pes
+    # (group, slot j, PE p, K * lanes): channel g * gsz + j * pes + p; issued as fold
+    # f = fold - 1 - j, so word i * fold + f of PE p
+    per_slot = _pack(lanes_w.reshape(groups, fold, pes, -1), x.mode)
+    words = per_slot[:, ::-1].transpose(0, 2, 3, 1).reshape(groups, pes, k * fold)
+    return np.ascontiguousarray(words), k, gsz, fold
 
 
 def _check_shift(name: str, shifts) -> None:
@@ -440,13 +472,14 @@ def compile_graph(qg: QuantizedGraph, config: ArrayConfig | None = None) -> Prog
     program_words = WORDS * (len(qg.layers) + 1)
     blobs: list[np.ndarray] = []
     cursor = program_words
-    pending: list[tuple[QLayer, int, int, int, int]] = []  # layer, w_addr, p_addr, K, group
+    # layer, w_addr, p_addr, K, group, fold
+    pending: list[tuple[QLayer, int, int, int, int, int]] = []
     for la in qg.layers:
         if not isinstance(la, (QConv, QDense)):
-            pending.append((la, 0, 0, 0, 1))
+            pending.append((la, 0, 0, 0, 1, 1))
             continue
         x = placement(la.inputs[0], 0)
-        words, k, gsz = _conv_words(la, x, modes[la.output], config.pes)
+        words, k, gsz, fold = _conv_words(la, x, modes[la.output], config)
         if k > config.wbuf_words:
             raise NotOnArray(f"layer {la.name!r}: one output channel's kernel is {k} words; "
                              f"the PE weight buffers hold {config.wbuf_words}")
@@ -454,7 +487,7 @@ def compile_graph(qg: QuantizedGraph, config: ArrayConfig | None = None) -> Prog
         w_addr, cursor = cursor, cursor + words.size
         p_addr, cursor = cursor, cursor + params.size
         blobs += [words.reshape(-1), params]
-        pending.append((la, w_addr, p_addr, k, gsz))
+        pending.append((la, w_addr, p_addr, k, gsz, fold))
     static_words = cursor
 
     # feature maps by lifetime: first fit from the bottom, or each layer's output at the other
@@ -477,8 +510,7 @@ def compile_graph(qg: QuantizedGraph, config: ArrayConfig | None = None) -> Prog
             best = span, {t: replace(p, addr=p.addr - gap if p.addr >= alloc.high_mark else
                                      p.addr) for t, p in places.items()}
     places = best[1]
-    code = [_instruction(la, qg, places, w_addr, p_addr, k, gsz)
-            for la, w_addr, p_addr, k, gsz in pending]
+    code = [_instruction(la, qg, places, *where) for la, *where in pending]
     words = static_words + best[0]
     regions = {"program": program_words, "weights and parameters": static_words - program_words,
                "feature maps": words - static_words}
@@ -527,7 +559,7 @@ def _place_maps(qg: QuantizedGraph, pending, placement, last_use: dict[str, int]
 
 
 def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w_addr: int,
-                 p_addr: int, k: int, gsz: int) -> LayerCode:
+                 p_addr: int, k: int, gsz: int, fold: int) -> LayerCode:
     x = places[la.inputs[0]]
     y = places[la.output]
     flags = (Flag.X_OFF if x.offset else 0) | (Flag.Y_OFF if y.offset else 0)
@@ -556,9 +588,9 @@ def _instruction(la: QLayer, qg: QuantizedGraph, places: dict[str, Placement], w
         gwords = gsz // y.lanes
         instr = Instr(op=Op.CONV, flags=int(flags), kh=kh, kw=kw, sh=st[0], sw=st[1],
                       pt=pad[0], pl=pad[1], w_addr=w_addr, p_addr=p_addr, lo=la.lo, hi=la.hi,
-                      tapw=k // (kh * kw), k=k, groups=groups, gsz=gsz, gwords=gwords,
-                      lwords=y.channel_words - (groups - 1) * gwords, **common)
-        return LayerCode(la.name, instr, macs, gsz, k)
+                      tapw=k // (kh * kw), k=k, groups=groups, gsz=gsz, fold=fold,
+                      gwords=gwords, lwords=y.channel_words - (groups - 1) * gwords, **common)
+        return LayerCode(la.name, instr, macs, gsz, k, fold)
     if isinstance(la, QAdd):
         _check_shift(la.name, la.shift)
         if max(la.align) > MAX_ALIGN:

@@ -20,10 +20,13 @@ Data formats the fields refer to (`accelgen.array.compiler` writes them, the con
   zero padding of such a tensor is the code ``-2**(b-1)``.
 * **Convolution parameters** (``p_addr``): per output channel four words, the bias as a 48-bit
   two's-complement number (three words, low first) and the requantization shift (signed).
-* **Weights** (``w_addr``): per group of `pes` output channels, per PE, the kernel words of its
-  output channel in the order the input is read: tap by tap (row-major), and within a tap the
-  input's channel words. A depthwise convolution's group is one activation word's lanes: PE
-  ``p`` holds its channel's weight in lane ``p`` and zeros in the others.
+* **Weights** (``w_addr``): per group of ``fold * pes`` output channels, per PE, the kernel
+  words of its ``fold`` output channels in the order the input is read: tap by tap
+  (row-major), within a tap the input's channel words, and within a word the PE's channels
+  (``fold`` words, one per channel: word ``i * fold + f`` of PE ``p`` is word ``i`` of the
+  group's channel ``(fold - 1 - f) * pes + p``; each activation word read is used ``fold``
+  times, once per channel). A depthwise convolution's group is one activation word's lanes
+  (``fold`` 1): PE ``p`` holds its channel's weight in lane ``p`` and zeros in the others.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ FIELDS: tuple[tuple[str, int, bool], ...] = (
     ("tapw", 12, False),  # CONV: input words read per tap (xcw; a depthwise group's words)
     ("k", 16, False),  # CONV: words per output channel's kernel (kh * kw * tapw)
     ("groups", 12, False), ("gsz", 8, False),  # CONV: groups of gsz output channels
+    ("fold", 4, False),  # CONV: output channels per PE in a group (gsz = fold * PEs)
     ("gwords", 8, False), ("lwords", 8, False),  # CONV: output words per group, last group
     ("pad", 16, False),  # the word of zero codes in the input's lanes (padding)
     ("org", 22, True),  # CONV/pools: x_addr - pt * row - pl * xcw (word of tap (0, 0) of pixel 0)
@@ -158,6 +162,7 @@ class Instr:
     k: int = 0
     groups: int = 0
     gsz: int = 0
+    fold: int = 1
     gwords: int = 0
     lwords: int = 0
     pad: int = 0

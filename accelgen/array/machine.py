@@ -10,11 +10,12 @@ any RTL runs them; the RTL is then checked against this model's memory, word for
 `cost` is the array's cycle and memory-access model per instruction (the counters the hardware
 keeps, per layer):
 
-* **CONV** (``G`` groups of ``g`` output channels, ``K`` words per channel's kernel, one
-  activation word broadcast to every PE per cycle): per group, a cycle, the PE weight buffers
-  loaded (``g * K`` reads, + 2 cycles) and the group's parameters (``4 * g`` reads, + 2); then
-  per output pixel ``K * c16`` issue cycles (``c16`` = `ArrayConfig.word16_cycles` in 16-bit
-  and 4-bit modes, else 1; a read for each word of a tap inside the input), except that a
+* **CONV** (``G`` groups of ``g`` output channels, ``fold`` of them per PE, ``K`` words per
+  channel's kernel, one activation word broadcast to every PE per cycle): per group, a
+  cycle, the PE weight buffers loaded (``g * K`` reads, + 2 cycles) and the group's
+  parameters (``4 * g`` reads, + 2); then per output pixel ``K * c16 * fold`` issue cycles
+  (``c16`` = `ArrayConfig.word16_cycles` in 16-bit and 4-bit modes, else 1; a read for each
+  word of a tap inside the input, at its first issue), except that a
   cycle in which a result word is written issues nothing and a pixel's last word waits until
   the requantizer has taken the previous pixel (`_pixel_timeline`); then the requantizer
   drains.
@@ -136,6 +137,7 @@ def cost(program: Program) -> list[LayerCost]:
         if ins.op == Op.CONV:
             k, g = ins.k, ins.gsz
             c16 = cfg.word16_cycles if Mode(ins.mode) in (Mode.B16, Mode.B4) else 1
+            c16 *= ins.fold  # (a word issued once per channel of a PE; folds: 1-cycle words)
             inside = _inside_taps(ins) * ins.tapw
             reads, writes = WORDS, 0  # the instruction's own words
             cycles = FETCH + 1  # and the final step to the next instruction
@@ -214,10 +216,12 @@ def _conv(mem: np.ndarray, ins: Instr, lc) -> None:
     x, y = _place(ins, "x"), _place(ins, "y")
     n = mem.shape[0]
     lanes = x.lanes
-    k, g = lc.kernel_words, lc.group
+    k, g, fold = lc.kernel_words, lc.group, ins.fold
     groups = -(-ins.oc // g)
     xp = _padded_codes(mem, x, ins.pt, ins.pl, ins.oh, ins.ow, ins.kh, ins.kw, ins.sh, ins.sw)
-    wwords = mem[0, ins.w_addr:ins.w_addr + groups * g * k].reshape(groups, g, k)
+    # PE p's word i * fold + f is word i of the group's channel (fold - 1 - f) * PEs + p
+    wwords = mem[0, ins.w_addr:ins.w_addr + groups * g * k].reshape(groups, g // fold, k, fold)
+    wwords = wwords[..., ::-1].transpose(0, 3, 1, 2).reshape(groups, g, k)
     wl = unpack(wwords, x.mode)  # (groups, g, K * lanes)
     pw = mem[0, ins.p_addr:ins.p_addr + groups * g * PARAM_WORDS].astype(np.int64)
     pw = pw.reshape(groups * g, PARAM_WORDS)

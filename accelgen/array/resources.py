@@ -9,6 +9,7 @@ link; ``synth_ice40 -spram`` / ``synth_ecp5``, 2026-11-22):
   40-bit accumulators, interpolated linearly in the accumulator width (on iCE40 the
   ``SB_MAC16`` does the products: the LUTs are the lane corrections and the accumulator; on
   ECP5 Yosys maps the products to ``MULT18X18D`` and the lanes' packing stays in LUTs);
+* **accumulators beyond one a PE** (`ArrayConfig.folds`): `FOLD_LOGIC` per accumulator bit;
 * **the rest** (controller, requantizer, pools, add, counters, ArgMax, the input packer and
   output reader): `REST_LOGIC`, a least-squares fit over 8 programs on iCE40's 8-PE array
   (the default DS-CNN at 4, 8 and 16 bits, MLPerf Tiny ResNet-8 at 4 and 8 bits and mixed,
@@ -54,6 +55,13 @@ REST_LOGIC: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# (LUTs, FFs) per accumulator bit beyond one accumulator a PE (`ArrayConfig.folds`): the
+# PE's ring slot and its selection, the shadow register and its load-or-shift multiplexer.
+# ECP5, ResNet-8 at 8 bits (24-bit accumulators) on 16 PEs: folds 2 adds 939 LUTs and 815
+# flip-flops to 4,999 and 2,833, folds 4 adds 2,473 and 2,379
+FOLD_LOGIC = (2.4, 2.1)
+
+
 @dataclass(frozen=True)
 class ArrayLogic:
     """LUTs (the family's LUT-budget units) and flip-flops."""
@@ -76,7 +84,8 @@ def pe_logic(family: str, modes, acc_bits: int) -> ArrayLogic:
 
 def array_logic(family: str, pes: int, needs: dict, layer_counters: bool) -> ArrayLogic:
     """An `ArrayAccelerator`'s logic without the host link, for a core built with `needs`
-    (`Program.needs`) on `family` (module docstring)."""
+    (`Program.needs`: its ``folds`` accumulators a PE among them) on `family` (module
+    docstring)."""
     pe = pe_logic(family, needs["modes"], needs["acc_bits"])
     lo, hi = needs["shifts"]
     shifter = needs["acc_bits"] * max(-lo, hi).bit_length()
@@ -84,7 +93,10 @@ def array_logic(family: str, pes: int, needs: dict, layer_counters: bool) -> Arr
     lut_c, ff_c = REST_LOGIC[_fit(family)]
     rest_lut = sum(c * f for c, f in zip(lut_c, features, strict=True))
     rest_ff = sum(c * f for c, f in zip(ff_c, features, strict=True))
-    return ArrayLogic(pes * pe.lut + rest_lut, pes * pe.ff + rest_ff)
+    # accumulator bits beyond one a PE
+    extra = (needs.get("folds", 1) - 1) * pes * needs["acc_bits"]
+    return ArrayLogic(pes * pe.lut + rest_lut + FOLD_LOGIC[0] * extra,
+                      pes * pe.ff + rest_ff + FOLD_LOGIC[1] * extra)
 
 
 def array_resources(family: str, pes: int, needs: dict, layer_counters: bool,
@@ -123,5 +135,5 @@ def array_block_rams(dev, config, needs: dict, layer_counters: bool,
     return n
 
 
-__all__ = ["PE_LOGIC", "REST_LOGIC", "ArrayLogic", "array_block_rams", "array_logic",
+__all__ = ["FOLD_LOGIC", "PE_LOGIC", "REST_LOGIC", "ArrayLogic", "array_block_rams", "array_logic",
            "array_resources", "pe_logic"]

@@ -1,7 +1,8 @@
 """The PE array's shape on each device, and its estimate for a model (`accelgen estimate --arch`).
 
 A device gets one PE per DSP block on iCE40 (an SB_MAC16 each), one per two multipliers
-elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16; its main memory is the SPRAM
+elsewhere (ECP5 ``MULT18X18D``, Gowin ``MULT18X18``), at most 16, each computing up to
+`FOLDS` output channels per pass off iCE40 (one on iCE40); its main memory is the SPRAM
 on the UP5K and block RAM elsewhere (what the PE weight buffers and the parameter and counter
 memories leave). The clock is the device's planned clock, at most what the array's builds
 close with a margin (`ARRAY_CLOCK_MHZ`: 22 MHz on the UP5K, 35 MHz on the ECP5). The
@@ -21,6 +22,11 @@ from accelgen.array.machine import cost, totals
 from accelgen.devices import Device
 
 SPRAM_WORDS = 16384  # 16-bit words of one iCE40 SPRAM block
+# output channels a PE computes per pass off iCE40 (`ArrayConfig.folds`): two halve the
+# input's reads of a layer with more channels than PEs for about 60 logic cells a PE
+# (ResNet-8 at 8 bits on the ECP5-85F: 939 LUTs; four would be 2,473, and the parameter
+# buffer would leave distributed RAM, for a few more percent of the reads)
+FOLDS = 2
 RESERVED_BRAM = 8  # blocks for the parameter buffer and the per-layer counters
 # the array's clock per family, at most the device's planned clock: what its builds close
 # with a margin (ResNet-8 on the UP5K: Fmax 22.7 to 25.7 MHz; the VWW MobileNet on the
@@ -53,7 +59,8 @@ def array_target(dev: Device) -> ArrayTarget:
         raise NotOnArray(f"{dev.name} has {dev.dsp_blocks} multipliers; the PE array needs 8")
     words_per_block = dev.bram_bits // 18 if dev.bram_bits % 18 == 0 else dev.bram_bits // 16
     mem = (dev.bram_blocks - pes - RESERVED_BRAM) * words_per_block
-    return ArrayTarget(ArrayConfig(pes=pes, mem_words=max(mem, 64), wbuf_words=words_per_block),
+    return ArrayTarget(ArrayConfig(pes=pes, mem_words=max(mem, 64), wbuf_words=words_per_block,
+                                   folds=FOLDS),
                        None, _clock(dev))
 
 

@@ -6,6 +6,12 @@ and adds the dot product of their lanes to its accumulator:
 
     ``acc <- (clear ? 0 : acc) + sum_k a[k] * w[k]``        when ``valid``
 
+With ``folds > 1`` the PE has that many accumulators in a ring, for as many output channels
+(``fold`` of them in use, a run-time input): each valid word adds to the accumulator of the
+word ``fold`` words back and the ring turns by one (``held[j]`` is the accumulator ``j + 1``
+words back, ``acc`` the newest), so a word issued ``fold`` times with the weights of ``fold``
+channels accumulates each channel's dot product in its own slot.
+
 Timing: operands at cycle ``t``, registered products at ``t + 1``, the accumulator holds the
 sum after the clock edge ending ``t + 1`` (`LATENCY` = 2 cycles from operands to ``acc``).
 ``clear`` and ``valid`` travel with their operands.
@@ -47,7 +53,7 @@ undefined result; `accelgen.cores.pe_array.ArrayCore` is built with the program'
 from __future__ import annotations
 
 from amaranth import Cat, ClockSignal, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from accelgen.array.isa import Mode
@@ -66,19 +72,27 @@ class MultiModePE(wiring.Component):
     """
 
     def __init__(self, acc_bits: int = 40, family: str | None = None,
-                 modes=None) -> None:
+                 modes=None, folds: int = 1) -> None:
         self.modes = frozenset(Mode) if modes is None else frozenset(Mode(v) for v in modes)
         if not self.modes:
             raise ShapeError("a PE built for no mode (modes is empty)")
         if not 18 <= acc_bits <= 64:
             raise ShapeError(f"accumulator of {acc_bits!r} bits; the PE takes 18..64 (the "
                              "compiler's bound for the program, `Program.acc_bits`)")
+        if not 1 <= folds <= 8 or (folds > 1 and family == "ice40"):
+            raise ShapeError(f"a PE of {folds!r} accumulators (1..8; 1 on iCE40, whose PE "
+                             "takes two cycles for some words)")
         self.acc_bits = acc_bits
         self.family = family
-        super().__init__({
+        self.folds = folds
+        ports = {
             "a": In(16), "w": In(16), "mode": In(2), "phase": In(1), "valid": In(1),
             "clear": In(1), "acc": Out(signed(acc_bits)),
-        })
+        }
+        if folds > 1:
+            ports["fold"] = In(range(folds + 1))
+            ports["held"] = Out(data.ArrayLayout(signed(acc_bits), folds - 1))
+        super().__init__(ports)
 
     @property
     def word16_cycles(self) -> int:
@@ -120,8 +134,19 @@ class MultiModePE(wiring.Component):
             mode1 = Signal(2)
             m.d.sync += mode1.eq(mode)
             m.d.comb += dot.eq(by_mode(mode1, sums))
+        if self.folds == 1:
+            with m.If(valid1):
+                m.d.sync += self.acc.eq(Mux(clear1, 0, self.acc) + dot)
+            return m
+        # `fold` accumulators in a ring: each valid word adds to the one `fold` words back
+        # and shifts the ring by one
+        slots = [self.acc, *(self.held[j] for j in range(self.folds - 1))]
+        back = slots[0]
+        for f in range(2, self.folds + 1):
+            back = Mux(self.fold == f, slots[f - 1], back)
         with m.If(valid1):
-            m.d.sync += self.acc.eq(Mux(clear1, 0, self.acc) + dot)
+            m.d.sync += self.acc.eq(Mux(clear1, 0, back) + dot)
+            m.d.sync += [slots[j].eq(slots[j - 1]) for j in range(1, self.folds)]
         return m
 
     def _ice40(self, m: Module, platform, dot: Signal) -> None:

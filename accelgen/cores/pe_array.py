@@ -3,22 +3,27 @@ multi-width PEs, with every feature map, weight and parameter in one word-addres
 
 The convolution mapping
 -----------------------
-A CONV instruction's output channels are taken in groups of ``gsz`` (the array's `pes` for a
-convolution, pointwise or dense layer; one word's worth of channels for a depthwise layer), one
-output channel per PE. For each group:
+A CONV instruction's output channels are taken in groups of ``gsz`` (``fold`` channels on each
+of the array's `pes` PEs for a convolution, pointwise or dense layer; one word's worth of
+channels, one a PE, for a depthwise layer). For each group:
 
-1. **weights**: each PE's weight buffer receives its channel's kernel, ``k`` words in the
-   order they will be used (tap by tap, row-major; within a tap the channel words); then the
-   group's parameters (bias and shift, 4 words a channel) go to the parameter buffer;
+1. **weights**: each PE's weight buffer receives its channels' kernels, ``k`` words each in
+   the order they will be used (tap by tap, row-major; within a tap the channel words; the
+   ``fold`` channels' words interleaved); then the group's parameters (bias and shift, 4
+   words a channel) go to the parameter buffer;
 2. **pixels**: for every output pixel, row by row, the controller reads the input words of
-   every tap, one per cycle, and *broadcasts* each to all PEs; PE ``p`` multiplies it lane by
-   lane with its weight word (``mode``: one 16-bit, two 8-bit or four 4-bit lanes per word) and
-   accumulates the dot product. A tap outside the input feeds the padding word (the code of
-   zero) without reading memory. So one memory read feeds ``gsz * lanes`` multiplications,
-   and a narrower mode packs more channels into each read: the reason lower widths need fewer
-   memory accesses as well as fewer cycles;
+   every tap, one per cycle, and *broadcasts* each to all PEs, ``fold`` cycles in a row (the
+   word is read once and held); PE ``p`` multiplies it lane by lane with its weight word
+   (``mode``: one 16-bit, two 8-bit or four 4-bit lanes per word) and accumulates the dot
+   product in the accumulator of that cycle's channel (a ring of ``fold``, `MultiModePE`). A
+   tap outside the input feeds the padding word (the code of zero) without reading memory.
+   So one memory read feeds ``gsz * lanes`` multiplications: more channels per PE mean fewer
+   groups and fewer reads of the input, and a narrower mode packs more channels into each
+   read (and its kernels fit the weight buffer more times): the reason lower widths need
+   fewer memory accesses as well as fewer cycles;
 3. **requantization**: when a pixel's last word has been accumulated, the PEs' accumulators
-   are copied to shadow registers (the PEs go on with the next pixel) and the requantizer
+   (all ``fold`` of each) are copied to shadow registers (the PEs go on with the next pixel)
+   and the requantizer
    takes one channel per cycle: bias (the compiler has folded the rounding of the shift into
    it), shift, clamp, the output's code offset; it packs the codes into words of the
    output's lanes and writes each word to its place (a write takes the memory for a cycle;
@@ -101,8 +106,9 @@ class ArrayCore(wiring.Component):
     per-layer counters (a cycle after the address): for each layer the run's cycles, reads and
     writes *up to its end* (`layer_counters` turns them into each layer's own).
 
-    `acc_bits`, `modes`, `shifts`, `ops` and `align` specialise the hardware to the programs
-    it will run (`Program.acc_bits`, `.modes`, `.shift_range`, `.ops`, `.align`): an
+    `acc_bits`, `modes`, `shifts`, `ops`, `align` and `folds` specialise the hardware to the
+    programs it will run (`Program.acc_bits`, `.modes`, `.shift_range`, `.ops`, `.align`,
+    `.folds`; `folds` at most `ArrayConfig.folds`): an
     operation left out has no logic; a program needing more is undefined (`Program.needs`
     lists them all, `ArrayCore.lacks` checks a program against a core).
     """
@@ -110,8 +116,13 @@ class ArrayCore(wiring.Component):
     def __init__(self, config: ArrayConfig, image, *, acc_bits: int = 48,
                  family: str | None = None, max_layers: int = 64, modes=None,
                  shifts: tuple[int, int] = (-MAX_LEFT_SHIFT, MAX_RIGHT_SHIFT), ops=None,
-                 align: int = MAX_ALIGN, fields: dict[str, int] | None = None) -> None:
+                 align: int = MAX_ALIGN, fields: dict[str, int] | None = None,
+                 folds: int | None = None) -> None:
         self.config = config
+        self.folds = config.folds if folds is None else folds
+        if not 1 <= self.folds <= config.folds:
+            raise ShapeError(f"{folds!r} accumulators a PE: the array {config} has 1.."
+                             f"{config.folds}")
         self.fields = {name: bits for name, bits, _ in FIELDS}
         for name, bits in (fields or {}).items():
             if name not in self.fields or not 1 <= bits <= self.fields[name]:
@@ -155,6 +166,8 @@ class ArrayCore(wiring.Component):
         lo, hi = need["shifts"]
         if lo < self.shifts[0] or hi > self.shifts[1]:
             out.append(f"shifts {lo}..{hi} (built for {self.shifts[0]}..{self.shifts[1]})")
+        if need["folds"] > self.folds:
+            out.append(f"{need['folds']} accumulators a PE (built with {self.folds})")
         if need["align"] > self.align:
             out.append(f"add alignment {need['align']} (built for {self.align})")
         out += [f"{bits}-bit field {name!r} (built with {self.fields[name]})"
@@ -167,6 +180,7 @@ class ArrayCore(wiring.Component):
         m = Module()
         cfg = self.config
         P = cfg.pes
+        F = self.folds  # accumulators per PE: a group is up to F * P channels
         # the memory: one port, read data the cycle after its address. On an iCE40 board it
         # is SPRAM (no initial value: the host loads the program); elsewhere block RAM,
         # initialised with `image`
@@ -189,13 +203,13 @@ class ArrayCore(wiring.Component):
         pes = []
         wbufs = []
         for p in range(P):
-            pe = MultiModePE(self.acc_bits, self.family, self.modes)
+            pe = MultiModePE(self.acc_bits, self.family, self.modes, F)
             m.submodules[f"pe{p}"] = pe
             pes.append(pe)
             wb = Memory(shape=16, depth=cfg.wbuf_words, init=[])
             m.submodules[f"wbuf{p}"] = wb
             wbufs.append((wb.read_port(), wb.write_port()))
-        pbuf = Memory(shape=64, depth=P, init=[])
+        pbuf = Memory(shape=64, depth=F * P, init=[])
         m.submodules.pbuf = pbuf
         prd, pwr = pbuf.read_port(), pbuf.write_port(granularity=16)
 
@@ -217,7 +231,7 @@ class ArrayCore(wiring.Component):
         iwords = [Signal(16, name=f"iword{k}") for k in range(WORDS)]
         ins = _Fields(LAYOUT(Cat(*iwords)[:LAYOUT.size]), self.fields)
         pc = Signal(self.abits)
-        cnt = Signal(range(max(WORDS, PARAM_WORDS * P) + 2))  # the current step's counter
+        cnt = Signal(range(max(WORDS, PARAM_WORDS * F * P) + 2))  # the current step's counter
 
         # ---------------------------------------------------------------- memory access
         # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
@@ -255,6 +269,10 @@ class ArrayCore(wiring.Component):
         ybase = Signal(fb["ycw"])  # first output word of the group within a pixel
         lp = Signal(range(P + 1))  # loading: PE / channel
         lk = Signal(range(cfg.wbuf_words + 1))  # loading: word
+        lw = Signal(fb["k"])  # loading with folds: kernel word
+        lf = Signal(range(F + 1))  # ... and channel of the PE
+        # CONV issue: the PE's channel the word is issued for, and it at its last value
+        fi, fl = (Signal(range(F + 1)), Signal()) if F > 1 else (Const(0, 1), Const(1, 1))
         oy, ox = Signal(fb["oh"]), Signal(fb["ow"])
         r, c = Signal(fb["kh"]), Signal(fb["kw"])
         j = Signal(max(fb["tapw"], fb["xcw"]))
@@ -284,18 +302,22 @@ class ArrayCore(wiring.Component):
         iss_last = Signal()
         iss_in = Signal()
         iss_ph = Signal()
+        iss_rep = Signal()  # the word is the one issued before, for the PEs' next channel
         v1, first1, last1, in1, ph1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        rep1 = Signal()
         m.d.sync += [v1.eq(iss), first1.eq(iss_first), last1.eq(iss_last), in1.eq(iss_in),
-                     ph1.eq(iss_ph)]
-        abuf = Signal(16)  # the word of phase 0, held for phase 1
+                     ph1.eq(iss_ph), rep1.eq(iss_rep)]
+        abuf = Signal(16)  # the word of phase 0 (and fold 0), held for phase 1 (the folds)
         a_word = Signal(16)
-        m.d.comb += a_word.eq(Mux(ph1, abuf, Mux(in1, rd.data, ins.pad)))
-        with m.If(v1 & ~ph1):
+        m.d.comb += a_word.eq(Mux(ph1 | rep1, abuf, Mux(in1, rd.data, ins.pad)))
+        with m.If(v1 & ~ph1 & ~rep1):
             m.d.sync += abuf.eq(a_word)
         for p, pe in enumerate(pes):
             rport, _ = wbufs[p]
             m.d.comb += [pe.a.eq(a_word), pe.w.eq(rport.data), pe.mode.eq(ins.mode),
                          pe.phase.eq(ph1), pe.valid.eq(v1), pe.clear.eq(first1 & ~ph1)]
+            if F > 1:
+                m.d.comb += pe.fold.eq(ins.fold)
         # the pixel's last word reaches the accumulators LATENCY cycles after it entered
         last_pipe = [Signal(name=f"last_d{k}") for k in range(LATENCY + 1)]
         m.d.sync += last_pipe[0].eq(last1 & v1)
@@ -307,14 +329,19 @@ class ArrayCore(wiring.Component):
         # ---------------------------------------------------------------- requantizer
         # the shadow registers: loaded from the PEs at once, then shifted towards shadow0 a
         # channel a cycle as the requantizer takes them (a shift costs no multiplexer)
-        shadow = [Signal(signed(self.acc_bits), name=f"shadow{p}") for p in range(P)]
-        rq_left = Signal(range(P + 1))  # channels still to requantize
-        rq_p = Signal(range(P + 1))  # the next one (its parameters' address)
+        # (with folds: shadow j * P + p is PE p's accumulator j words back, the group's
+        # channel j * P + p)
+        shadow = [Signal(signed(self.acc_bits), name=f"shadow{p}") for p in range(F * P)]
+        slots = [pe.acc for pe in pes]
+        for back in range(F - 1):
+            slots += [pe.held[back] for pe in pes]
+        rq_left = Signal(range(F * P + 1))  # channels still to requantize
+        rq_p = Signal(range(F * P + 1))  # the next one (its parameters' address)
         gsz = Signal(8)
         m.d.comb += gsz.eq(ins.gsz)
         with m.If(capture):
             m.d.sync += [rq_left.eq(gsz), rq_p.eq(0)]
-            m.d.sync += [s.eq(pe.acc) for s, pe in zip(shadow, pes, strict=True)]
+            m.d.sync += [s.eq(v) for s, v in zip(shadow, slots, strict=True)]
         with m.Elif(rq_left != 0):
             m.d.sync += [rq_left.eq(rq_left - 1), rq_p.eq(rq_p + 1)]
             m.d.sync += [s.eq(n) for s, n in itertools.pairwise(shadow)]
@@ -367,7 +394,7 @@ class ArrayCore(wiring.Component):
         m.d.comb += code.eq(Mux(ins.flags & Flag.Y_OFF, y - (Const(1, 17) << (ybits - 1)[:5]), y))
         outw = Signal(16)
         olane = Signal(3)
-        ochan = Signal(range(P + 1))  # channels of this pixel requantized so far
+        ochan = Signal(range(F * P + 1))  # channels of this pixel requantized so far
         wq = Signal()  # a word waits to be written
         wq_data = Signal(16)
         yaddr = Signal(self.abits)
@@ -529,12 +556,23 @@ class ArrayCore(wiring.Component):
             with m.State("LOADW"):
                 # read word (lp, lk) of the group's kernels; write it to PE lp's buffer a
                 # cycle later
+                # (with folds, a PE's k * fold words: lk its buffer's address, lw the kernel
+                # word, lf the channel)
                 issue = Signal()
-                m.d.comb += issue.eq(lp < gsz)
+                m.d.comb += issue.eq((lp < gsz) & (lp < P) if F > 1 else lp < gsz)
                 with m.If(issue):
                     m.d.comb += [r_en.eq(1), r_addr.eq(wptr)]
                     m.d.sync += wptr.eq(wptr + 1)
-                    with m.If(lk == ins.k - 1):
+                    pe_done = lk == ins.k - 1
+                    if F > 1:
+                        pe_done = (lw == ins.k - 1) & (lf == ins.fold - 1)
+                        with m.If(lf == ins.fold - 1):
+                            m.d.sync += [lf.eq(0), lw.eq(lw + 1)]
+                        with m.Else():
+                            m.d.sync += lf.eq(lf + 1)
+                        with m.If(pe_done):
+                            m.d.sync += lw.eq(0)
+                    with m.If(pe_done):
                         m.d.sync += [lk.eq(0), lp.eq(lp + 1)]
                     with m.Else():
                         m.d.sync += lk.eq(lk + 1)
@@ -559,13 +597,15 @@ class ArrayCore(wiring.Component):
                              pwr.en.eq(Mux(pl_v, Const(1, 4) << pl_n[:2], 0))]
                 with m.If(~issue & ~pl_v):
                     m.d.sync += [jl.eq(ins.tapw == 1), cl.eq(ins.kw == 1), rl.eq(ins.kh == 1)]
+                    if F > 1:
+                        m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
                     m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
                                  iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(ins.org),
                                  pa.eq(ins.org), tr.eq(ins.org), tc.eq(ins.org)]
                     m.next = "PIXELS"
             with m.State("PIXELS"):
                 last_word = Signal()
-                m.d.comb += last_word.eq(jl & cl & rl & (~sixteen2 | ph))
+                m.d.comb += last_word.eq(jl & cl & rl & (~sixteen2 | ph) & fl)
                 first_word = Signal()
                 m.d.comb += first_word.eq((j == 0) & (c == 0) & (r == 0) & ~ph)
                 # a write takes the memory this cycle; a pixel's last word waits until the
@@ -576,8 +616,8 @@ class ArrayCore(wiring.Component):
                 m.d.comb += r_addr.eq(tc + cwb + j)  # (read only when issued, inside)
                 with m.If(~hold):
                     m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
-                                 iss_in.eq(inside), iss_ph.eq(ph)]
-                    with m.If(inside & ~ph):
+                                 iss_in.eq(inside), iss_ph.eq(ph), iss_rep.eq(fi != 0)]
+                    with m.If(inside & ~ph & (fi == 0)):
                         m.d.comb += r_en.eq(1)
                     kidx = Signal.like(lk)  # the word's index in the kernel
                     kcount = Signal.like(lk)
@@ -587,9 +627,15 @@ class ArrayCore(wiring.Component):
                         m.d.comb += [rport.addr.eq(kidx), rport.en.eq(1)]
                     with m.If(sixteen2 & ~ph):
                         m.d.sync += ph.eq(1)
+                    if F > 1:
+                        with m.Elif(~fl):  # the same word again, for the PEs' next channel
+                            m.d.sync += [kcount.eq(kcount + 1), fi.eq(fi + 1),
+                                         fl.eq(fi == ins.fold - 2)]
                     with m.Else():
                         m.d.sync += ph.eq(0)
                         m.d.sync += kcount.eq(Mux(last_word, 0, kcount + 1))
+                        if F > 1:
+                            m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
                         # (jl, cl, rl: j, c, r at their last value, kept with them so no
                         # comparison lies between the counters and the memory's address)
                         with m.If(~jl):
