@@ -23,8 +23,9 @@ keeps, per layer):
   where it is inside the input), one more, then per lane a cycle (an average: ``rk`` + 2,
   its division by the reciprocal multiplied bit by bit, ``rk`` steps), and
   `VECTOR_DRAIN` cycles until the word is written.
-* **ADD**, per word: two reads, a cycle, a cycle per lane (the previous word is written in
-  one of the last two, which read nothing); after the last word `VECTOR_DRAIN`.
+* **ADD**: a word's two reads overlap the previous word's lanes, one lane a cycle through the
+  requantizer (`_add_timeline`: about ``max(3, lanes)`` cycles a word, a write taking the
+  memory from a read now and then), then the requantizer drains.
 
 Each instruction also pays `FETCH` + 1 cycles (its words read, decoded, dispatched, and the
 step to the next); the END instruction `FETCH`. Reads include the instruction words.
@@ -125,6 +126,43 @@ def _pixel_timeline(pixels: int, kc: int, gsz: int, ly: int, gw: int) -> int:
     return last + 1 + 7 + gsz + int(final_write)
 
 
+def _add_timeline(words: int, lanes: int) -> int:
+    """Cycles of an ADD's ADD_RUN and ADD_WAIT states (``ArrayCore``), cycle by cycle: a
+    fetcher reads a word's first input, then its second (each when no result word is being
+    written: writes go first), into a buffer; the first read of a pair is issued only when
+    the buffer is empty or being emptied and no other pair is on its way; the lane unit takes
+    the buffer's pair on its last lane (or when idle) and sends a lane a cycle to the
+    requantizer, whose word is written 4 cycles after its last lane. ADD_WAIT ends when the
+    requantizer is empty (5 cycles after the last lane)."""
+    fi, ax, ax2, afull, vact, vk = 0, False, False, False, False, 0
+    writes: set[int] = set()
+    last_lane = -1
+    c = 0
+    while True:
+        if fi == words and not (ax or ax2 or afull or vact):
+            return max(c + 1, last_lane + 5) + 1
+        wq = c in writes
+        take = afull and (not vact or vk == lanes - 1)
+        n_ax, n_ax2, n_afull, n_vact, n_vk = ax, ax2, afull, vact, vk
+        if vact:
+            n_vk = vk + 1
+            if vk == lanes - 1:
+                n_vact = False
+                last_lane = c
+                writes.add(c + 4)
+        if take:
+            n_vact, n_vk, n_afull = True, 0, False
+        if not wq:
+            if fi != words and not ax and not ax2 and (not afull or take):
+                n_ax = True
+            elif ax:
+                n_ax, n_ax2, fi = False, True, fi + 1
+        if ax2:
+            n_ax2, n_afull = False, True
+        ax, ax2, afull, vact, vk = n_ax, n_ax2, n_afull, n_vact, n_vk
+        c += 1
+
+
 def cost(program: Program) -> list[LayerCost]:
     """Every instruction's counters (module docstring)."""
     cfg = program.config
@@ -161,8 +199,7 @@ def cost(program: Program) -> list[LayerCost]:
                                  FETCH + 1 + words * per_word, reads, words, 0, 0))
         elif ins.op == Op.ADD:
             words = y.words
-            out.append(LayerCost(lc.layer, "add",
-                                 FETCH + 1 + words * (3 + y.lanes) + VECTOR_DRAIN,
+            out.append(LayerCost(lc.layer, "add", FETCH + 1 + _add_timeline(words, y.lanes),
                                  WORDS + 2 * words, words, 0, 0))
         else:
             raise AccelgenError(f"no cost rule for op {ins.op!r}")

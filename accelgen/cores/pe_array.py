@@ -432,8 +432,12 @@ class ArrayCore(wiring.Component):
         m.d.comb += in_flight.eq((last1 & v1) | last_pipe[0] | capture)
 
         # ---------------------------------------------------------------- vector unit
-        vi = Signal(fb["k"])  # ADD: word
-        va, vb = Signal(16), Signal(16)
+        vi = Signal(fb["k"])  # ADD: words whose reads are issued
+        va, vb = Signal(16), Signal(16)  # ADD: the lane unit's words
+        na, nb = Signal(16), Signal(16)  # ADD: the next pair, read ahead
+        ax, ax2 = Signal(), Signal()  # ADD: first input read, second input's data arrives
+        ax_data = Signal()  # ADD: the first input's data arrives
+        afull, vact = Signal(), Signal()  # ADD: na/nb hold a pair; the lane unit has one
         vk = Signal(3)  # lane
         pv, pfirst = Signal(), Signal()  # a pool tap's word arrives / is the window's first
         first_tap = Signal(init=1)
@@ -533,8 +537,9 @@ class ArrayCore(wiring.Component):
                 if has_add:
                     with m.Case(Op.ADD):
                         m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
-                                     wcount.eq(0), olane.eq(0), outw.eq(0)]
-                        m.next = "ADD_A"
+                                     wcount.eq(0), olane.eq(0), outw.eq(0), ax.eq(0),
+                                     ax2.eq(0), afull.eq(0), vact.eq(0)]
+                        m.next = "ADD_RUN"
                 pools = [op for op in (Op.MAXPOOL, Op.AVGPOOL) if op in self.ops]
                 if pools:
                     with m.Case(*pools):
@@ -664,34 +669,41 @@ class ArrayCore(wiring.Component):
                                                       0))]
                         m.next = "GROUP"
             if has_add:
-                # ---- ADD: per word, read both inputs, send the lanes' aligned sums through the
-                # requantizer; the word is written while the next word's lanes go in (a
-                # cycle without a read), the last one drained
-                with m.State("ADD_A"):
-                    m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
-                    m.next = "ADD_B"
-                with m.State("ADD_B"):
-                    m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
-                    m.d.sync += va.eq(rd.data)
-                    m.next = "ADD_C"
-                with m.State("ADD_C"):
+                # ---- ADD: a fetcher reads each word's two inputs (a cycle each, the
+                # memory's writes first) into a buffer, from which the lane unit takes the pair
+                # when it is on a word's last lane (or idle); it sends the lanes' aligned sums
+                # through the requantizer, one a cycle, while the next pair is read. A read of
+                # the first input is issued only when the buffer is empty or emptied this
+                # cycle and no other pair is on its way
+                with m.State("ADD_RUN"):
                     m.d.comb += write_now.eq(wq)
-                    m.d.sync += [vb.eq(rd.data), vk.eq(0)]
-                    m.next = "ADD_LANES"
-                with m.State("ADD_LANES"):
-                    m.d.comb += write_now.eq(wq)
-                    m.d.comb += [vq_valid.eq(1),
-                                 vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off),
-                                                     ins.align)
-                                             + aligned(lane_value(vb, vk, ins.x2_mode, x2_off),
-                                                       ins.align2))]
-                    m.d.sync += vk.eq(vk + 1)
-                    with m.If(vk == lanes_y - 1):
-                        m.d.sync += vi.eq(vi + 1)
-                        with m.If(vi == ins.k - 1):  # (k: the output's words)
-                            m.next = "ADD_WAIT"
-                        with m.Else():
-                            m.next = "ADD_A"
+                    m.d.sync += ax_data.eq(0)
+                    take = Signal()
+                    m.d.comb += take.eq(afull & (~vact | (vk == lanes_y - 1)))
+                    with m.If(vact):
+                        m.d.comb += [
+                            vq_valid.eq(1),
+                            vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off), ins.align)
+                                        + aligned(lane_value(vb, vk, ins.x2_mode, x2_off),
+                                                  ins.align2))]
+                        m.d.sync += vk.eq(vk + 1)
+                        with m.If(vk == lanes_y - 1):
+                            m.d.sync += vact.eq(0)
+                    with m.If(take):
+                        m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vact.eq(1), afull.eq(0)]
+                    with m.If(~wq):
+                        with m.If((vi != ins.k) & ~ax & ~ax2 & (~afull | take)):
+                            m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
+                            m.d.sync += [ax.eq(1), ax_data.eq(1)]
+                        with m.Elif(ax):
+                            m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
+                            m.d.sync += [ax.eq(0), ax2.eq(1), vi.eq(vi + 1)]
+                    with m.If(ax_data):  # the first input's word, read last cycle
+                        m.d.sync += na.eq(rd.data)
+                    with m.If(ax2):  # the second's
+                        m.d.sync += [nb.eq(rd.data), ax2.eq(0), afull.eq(1)]
+                    with m.If((vi == ins.k) & ~ax & ~ax2 & ~afull & ~vact):
+                        m.next = "ADD_WAIT"
                 with m.State("ADD_WAIT"):
                     m.d.comb += write_now.eq(wq)
                     with m.If(~rq_busy):
