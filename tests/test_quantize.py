@@ -337,6 +337,35 @@ def test_adaptive_rounding_on_a_network(rng: np.random.Generator) -> None:
         quantize(graph, None, QuantConfig(rounding="adaptive"))
 
 
+def test_adaptive_rounding_when_a_tensor_feeds_two_convolutions(
+        rng: np.random.Generator) -> None:
+    """A ResNet block with a projection shortcut: the block's input feeds both its first
+    convolution and the shortcut's (MLPerf Tiny ResNet-8's layout; adaptive rounding used to
+    drop the input's float copy after the first reader and fail on the second)."""
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w1"], ["b"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Conv", ["r", "ws"], ["s"], strides=[2, 2]),
+             helper.make_node("Add", ["b", "s"], ["y0"]),
+             helper.make_node("Relu", ["y0"], ["y1"]),
+             helper.make_node("GlobalAveragePool", ["y1"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    inits = {"w0": rng.standard_normal((4, 1, 3, 3)).astype(np.float32) * 0.5,
+             "w1": rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3,
+             "ws": rng.standard_normal((6, 4, 1, 1)).astype(np.float32) * 0.5,
+             "fc": rng.standard_normal((3, 6)).astype(np.float32)}
+    graph = load_model(make_model(nodes, [("x", ["N", 1, 8, 8], FLOAT)], [("y", None, FLOAT)],
+                                  inits))
+    calib = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    qg, _ = quantize(graph, calib, QuantConfig(weight_bits=4, act_bits=8, rounding="adaptive"))
+    conv_inputs = [la.inputs[0] for la in qg.layers if la.op == "QConv"]
+    assert any(conv_inputs.count(t) == 2 for t in conv_inputs)
+    test = rng.uniform(0, 1, (50, 1, 8, 8)).astype(np.float32)
+    ref = reference.run(graph, test)["y"]
+    assert np.abs(golden.run(qg, test)["y"] - ref).mean() < 0.25 * np.abs(ref).mean()
+
+
 # ---------------------------------------------------------------------------------------------
 # the shape description on disk
 # ---------------------------------------------------------------------------------------------

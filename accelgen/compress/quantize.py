@@ -349,12 +349,16 @@ def quantize(
     qt(gi.tensor)
     # adaptive rounding follows the calibration sample through the quantized layers built so far
     floats: dict[str, np.ndarray] = {}
+    float_readers: dict[str, int] = {}
     codes: dict[str, np.ndarray] = {}
     readers: dict[str, int] = {}
     if config.rounding == "adaptive":
         sample = np.asarray(calibration_data)[:ADAPTIVE_IMAGES]
-        weighted = {u.main.inputs[0] for u in units if isinstance(u.main, (Conv2d, Dense))}
-        floats = adaptive.float_inputs(graph, gi, sample, weighted, config.batch)
+        weighted = [u.main.inputs[0] for u in units if isinstance(u.main, (Conv2d, Dense))]
+        floats = adaptive.float_inputs(graph, gi, sample, set(weighted), config.batch)
+        # (a tensor may feed several weighted layers: a ResNet block's input feeds its first
+        # convolution and its shortcut's; it is dropped after the last of them)
+        float_readers = {t: weighted.count(t) for t in set(weighted)}
         codes[gi.tensor] = qt(gi.tensor).quantize(reference.prepare_input(gi, sample))
         for u in units:
             for name in u.main.inputs:
@@ -386,7 +390,10 @@ def quantize(
             moments = None
             if codes:
                 x_q = codes[main.inputs[0]].astype(np.float64) * 2.0 ** -ins[0].frac
-                moments = adaptive.InputMoments.of(main, floats.pop(main.inputs[0]), x_q)
+                float_readers[main.inputs[0]] -= 1
+                x_f = (floats.pop(main.inputs[0]) if not float_readers[main.inputs[0]]
+                       else floats[main.inputs[0]])
+                moments = adaptive.InputMoments.of(main, x_f, x_q)
             layer, info = _weighted(main, u, ins[0], out, w_bits, config, rng, lo, hi, moments)
             layers.append(layer)
             report_layers.append(info)
