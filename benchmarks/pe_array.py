@@ -2,8 +2,10 @@
 
     python benchmarks/pe_array.py [--inputs 10] [--model PATH] [--out FILE.md]
 
-The model (MLPerf Tiny ResNet-8 by default, quantized by accelgen with random calibration:
-its data set is not shipped) is compiled for two arrays and run through the compiled
+The model (MLPerf Tiny ResNet-8 by default, quantized by accelgen with random calibration, its
+data set not being shipped, and adaptive rounding at every width: on ResNet-8 round-to-nearest's
+logits are 8.4 % (8-bit) and 199 % (4-bit) from the float model's, adaptive rounding's 2.8 %
+and 4.7 %) is compiled for two arrays and run through the compiled
 (Verilator) model of `ArrayCore`; every output is compared with golden, and the figures come
 from the hardware's own counters (cycles, memory reads and writes, per layer):
 
@@ -62,10 +64,11 @@ def _widths(graph) -> dict[str, QuantConfig]:
     convs = [la.name for la in graph.layers if type(la).__name__ in ("Conv2d", "Dense")]
     mixed = dict.fromkeys(names, 4)
     mixed.update({convs[0]: 8, convs[-1]: 8})  # first and last layers at 8 bits
-    return {"16": QuantConfig(weight_bits=16, act_bits=16),
-            "8": QuantConfig(weight_bits=8, act_bits=8),
-            "4": QuantConfig(weight_bits=4, act_bits=4),
-            "mixed (8 first/last, 4 between)": QuantConfig(layer_bits=mixed)}
+    return {"16": QuantConfig(weight_bits=16, act_bits=16, rounding="adaptive"),
+            "8": QuantConfig(weight_bits=8, act_bits=8, rounding="adaptive"),
+            "4": QuantConfig(weight_bits=4, act_bits=4, rounding="adaptive"),
+            "mixed (8 first/last, 4 between)": QuantConfig(layer_bits=mixed,
+                                                           rounding="adaptive")}
 
 
 def main() -> None:
