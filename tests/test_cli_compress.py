@@ -96,6 +96,17 @@ def test_layer_bits_and_calibration_options(small: dict, capsys: pytest.CaptureF
     assert qg.meta["config"]["rounding"] == "stochastic"
 
 
+@pytest.mark.parametrize(("bits", "rounding"), [(4, "adaptive"), (6, "adaptive"),
+                                               (8, "nearest")])
+def test_default_rounding_is_adaptive_below_8_bits(small: dict, bits: int, rounding: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    out = small["dir"] / f"m{bits}.accel"
+    code = main(["compress", str(small["model"]), "--bits", str(bits), "--calib-data",
+                 str(small["calib"]), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert load(out).meta["config"]["rounding"] == rounding
+
+
 @pytest.mark.parametrize(
     ("extra", "phrase"),
     [
