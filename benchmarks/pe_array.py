@@ -72,8 +72,11 @@ def _widths(graph) -> dict[str, QuantConfig]:
             "mixed (8 first/last, 4 between)": QuantConfig(layer_bits=mixed)}
 
 
-def _rel_error(qg, x: np.ndarray, float_out: np.ndarray) -> tuple[float, float]:
-    """(mean ||q - f|| / ||f|| of the logits, top-1 agreement) of `qg`'s golden outputs."""
+def _rel_error(qg, x: np.ndarray, float_all: dict) -> tuple[float, float]:
+    """(mean ||q - f|| / ||f|| of the logits, top-1 agreement) of `qg`'s golden outputs
+    against the float model's tensor the quantized model outputs (`float_all`: every tensor
+    of the float model; a softmax, if any, runs on the host)."""
+    float_out = float_all[qg.outputs[0].tensor].reshape(len(x), -1)
     codes = golden.quantize_inputs(qg, x)[qg.inputs[0].tensor]
     real = _logits_real(qg, golden.run_ir(qg, {qg.inputs[0].tensor: codes})[qg.outputs[0].tensor])
     rel = np.linalg.norm(real - float_out, axis=1) / np.linalg.norm(float_out, axis=1)
@@ -118,10 +121,9 @@ def main() -> None:
         for width, qcfg in _widths(graph).items():
             # both roundings' errors; the hardware runs the one accelgen picks by default
             # (adaptive at ADAPTIVE_BELOW bits or fewer)
-            float_out = float_all[graph.outputs[0].tensor].reshape(args.inputs, -1)
             qgs = {r: quantize(graph, calib, replace(qcfg, rounding=r))[0]
                    for r in ("nearest", "adaptive")}
-            errors = {r: _rel_error(q, x, float_out) for r, q in qgs.items()}
+            errors = {r: _rel_error(q, x, float_all) for r, q in qgs.items()}
             narrowest = min([qcfg.weight_bits, *qcfg.layer_bits.values()])
             qg = qgs["adaptive" if narrowest <= ADAPTIVE_BELOW else "nearest"]
             try:
