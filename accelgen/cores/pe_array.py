@@ -269,6 +269,8 @@ class ArrayCore(wiring.Component):
         ybase = Signal(fb["ycw"])  # first output word of the group within a pixel
         lp = Signal(range(P + 1))  # loading: PE / channel
         lk = Signal(range(cfg.wbuf_words + 1))  # loading: word
+        # loading: more words to read (registered comparisons, off the memory's address path)
+        lmore, pmore = Signal(), Signal()
         lw = Signal(fb["k"])  # loading with folds: kernel word
         lf = Signal(range(F + 1))  # ... and channel of the PE
         # CONV issue: the PE's channel the word is issued for, and it at its last value
@@ -556,7 +558,7 @@ class ArrayCore(wiring.Component):
                              gw.eq(Mux(g == ins.groups - 1, ins.lwords, ins.gwords)),
                              yaddr.eq(ins.y_addr + ybase), owrd.eq(0), olane.eq(0),
                              wcount.eq(0),
-                             outw.eq(0), ochan.eq(0)]
+                             outw.eq(0), ochan.eq(0), lmore.eq(1)]
                 m.next = "LOADW"
             with m.State("LOADW"):
                 # read word (lp, lk) of the group's kernels; write it to PE lp's buffer a
@@ -564,7 +566,7 @@ class ArrayCore(wiring.Component):
                 # (with folds, a PE's k * fold words: lk its buffer's address, lw the kernel
                 # word, lf the channel)
                 issue = Signal()
-                m.d.comb += issue.eq((lp < gsz) & (lp < P) if F > 1 else lp < gsz)
+                m.d.comb += issue.eq(lmore)
                 with m.If(issue):
                     m.d.comb += [r_en.eq(1), r_addr.eq(wptr)]
                     m.d.sync += wptr.eq(wptr + 1)
@@ -578,7 +580,9 @@ class ArrayCore(wiring.Component):
                         with m.If(pe_done):
                             m.d.sync += lw.eq(0)
                     with m.If(pe_done):
-                        m.d.sync += [lk.eq(0), lp.eq(lp + 1)]
+                        m.d.sync += [lk.eq(0), lp.eq(lp + 1),
+                                     lmore.eq((lp + 1 < gsz) & (lp + 1 < P) if F > 1
+                                              else lp + 1 < gsz)]
                     with m.Else():
                         m.d.sync += lk.eq(lk + 1)
                 wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal.like(lk)
@@ -588,14 +592,15 @@ class ArrayCore(wiring.Component):
                     m.d.comb += [wport.addr.eq(wl_k), wport.data.eq(rd.data),
                                  wport.en.eq(wl_v & (wl_p == p))]
                 with m.If(~issue & ~wl_v):
-                    m.d.sync += [cnt.eq(0), lp.eq(0)]
+                    m.d.sync += [cnt.eq(0), lp.eq(0), pmore.eq(1)]
                     m.next = "LOADP"
             with m.State("LOADP"):
                 issue = Signal()
-                m.d.comb += issue.eq(cnt < gsz * PARAM_WORDS)
+                m.d.comb += issue.eq(pmore)
                 with m.If(issue):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pptr)]
-                    m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1)]
+                    m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1),
+                                 pmore.eq(cnt + 1 < gsz * PARAM_WORDS)]
                 pl_v, pl_n = Signal(), Signal.like(cnt)
                 m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt)]
                 m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(rd.data.replicate(4)),
