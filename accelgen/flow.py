@@ -27,6 +27,7 @@ that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -199,7 +200,19 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
                                         "golden").accuracy,
         }
 
-    choice = choose_arch(opts.arch, qg, board.device, fps=opts.fps, clock_mhz=opts.clock_mhz)
+    # (each template judged at the clock its PLL will give, as the build will run it)
+    clock, array_clock = opts.clock_mhz, None
+    if clock is None:
+        from accelgen.array.targets import NotOnArray, array_target
+
+        def achieved(mhz: float) -> float:
+            return pll_settings(board.family, board.clock_mhz, mhz).f_out_mhz
+
+        clock = achieved(board.device.planned_clock_mhz)
+        with contextlib.suppress(NotOnArray):
+            array_clock = achieved(array_target(board.device).clock_mhz)
+    choice = choose_arch(opts.arch, qg, board.device, fps=opts.fps, clock_mhz=clock,
+                         array_clock_mhz=array_clock)
     if opts.arch == "auto":
         say(f"--arch auto chose {choice.why}")
     wanted = opts.clock_mhz or (choice.plan.clock_mhz if choice.arch == "array" else
