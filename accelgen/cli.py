@@ -745,7 +745,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                         out=Path(args.out) if args.out else None, synth=not args.no_synth,
                         seeds=args.seeds, check_images=args.check_images, baud=args.baud,
                         retry_lower_clock=args.retry_lower_clock, use_cache=not args.no_cache,
-                        arch=args.arch)
+                        arch=args.arch, layer_counters=args.layer_counters)
     try:
         outcome = build(opts, say)
     except (NotOnArray, DoesNotFitArray) as err:
@@ -878,6 +878,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-lower-clock", action="store_true",
                    help="on a timing failure, build once more at the achieved Fmax")
     s.add_argument("--no-cache", action="store_true", help="run the tools even if cached")
+    s.add_argument("--layer-counters", action="store_true", default=None,
+                   help="PE array: keep the per-layer cycle and memory-access counters, read "
+                        "over the link (LAYERS; the default off iCE40, where they cost about "
+                        "350 logic cells)")
     s.add_argument("--arch", choices=("pipeline", "array", "auto"), default="auto",
                    help="the streaming pipeline, the layer-sequential PE array, or (the "
                         "default) whichever fits and is faster; the report says why")

@@ -69,6 +69,7 @@ class BuildOptions:
     retry_lower_clock: bool = False
     use_cache: bool = True
     arch: str = "auto"
+    layer_counters: bool | None = None  # the array's per-layer counters (None: the family's)
 
 
 @dataclass
@@ -223,7 +224,8 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
         pll = pll_settings(board.family, board.clock_mhz, wanted)
         say(f"planning the {'PE array' if choice.arch == 'array' else 'pipeline'} for "
             f"{board.title} at {pll.f_out_mhz:g} MHz")
-        p, acc, linked = make_design(qg, board, pll.f_out_mhz, baud, opts.fps, choice.arch)
+        p, acc, linked = make_design(qg, board, pll.f_out_mhz, baud, opts.fps, choice.arch,
+                                     opts.layer_counters)
         partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -262,10 +264,11 @@ def build(opts: BuildOptions, say: Callable[[str], None]) -> BuildOutcome:
 
 
 def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None,
-                arch: str = "pipeline"):
+                arch: str = "pipeline", layer_counters: bool | None = None):
     """(plan, accelerator, accelerator behind its host link) for `board` at `clock_mhz`, with
     the streaming pipeline (`plan` a `HardwarePlan`; `DoesNotFit` when the model does not
-    fit) or the PE array (``arch="array"``: an `ArrayEstimate` and an `ArrayAccelerator`).
+    fit) or the PE array (``arch="array"``: an `ArrayEstimate` and an `ArrayAccelerator`,
+    with its per-layer counters per `layer_counters`, None: the family's default).
     The design hash INFO reports is a digest of the plan, so a board running another build
     is recognised."""
     from accelgen.accelerator import Accelerator
@@ -279,13 +282,16 @@ def make_design(qg, board, clock_mhz: float, baud: int, fps: float | None = None
     except (ValueError, AccelgenError) as err:
         raise UsageError(f"--baud {baud}: {err}; choose a lower rate") from None
     if arch == "array":
-        from accelgen.array.targets import array_target, estimate_array, layer_counters_kept
+        from accelgen.array.targets import array_target, estimate_array
         from accelgen.cores.array_accelerator import ArrayAccelerator
 
-        p = estimate_array(qg, board.device, clock_mhz)
+        p = estimate_array(qg, board.device, clock_mhz, layer_counters)
         acc = ArrayAccelerator(p.program, family=array_target(board.device).family,
-                               layer_counters=layer_counters_kept(board.family))
+                               layer_counters=p.layer_counters)
     else:
+        if layer_counters:
+            raise UsageError("--layer-counters: the streaming pipeline has no per-layer "
+                             "counters (its layers run at once); use --arch array")
         p = plan(qg, board.device, fps=fps, clock_mhz=clock_mhz)
         acc = Accelerator(p)
     design_hash = int(_digest(json.dumps(p.summary(), sort_keys=True, default=str))[:8], 16)

@@ -254,6 +254,35 @@ def test_array_build_checks_itself_and_reports_why(tmp_path: Path, capsys) -> No
                                  "the streaming pipeline")
 
 
+def test_array_build_keeps_the_layer_counters_on_request(tmp_path: Path, capsys) -> None:
+    """`--layer-counters` on the iCEBreaker (off by default there): the link reads them
+    (LAYERS), the estimate counts their block RAM; the pipeline has none to keep."""
+    from accelgen.array.targets import estimate_array
+    from accelgen.boards import board
+    from accelgen.cli import quantized_for
+
+    model = _tiny_model(tmp_path / "t.onnx")
+    out = tmp_path / "out"
+    assert main(["build", "--arch", "array", "--layer-counters", "--no-synth",
+                 "--check-images", "0", "--model", str(model), "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["layer_counters_over_link"] is True
+    qg = quantized_for(str(model), bits=8)
+    dev = board("ice40").device
+    with_counters = estimate_array(qg, dev, layer_counters=True)
+    without = estimate_array(qg, dev)
+    assert report["resources"]["bram"]["used"] == with_counters.resources["bram"]["used"]
+    assert with_counters.resources["bram"]["used"] > without.resources["bram"]["used"]
+    assert with_counters.resources["lut"]["used"] > without.resources["lut"]["used"]
+    pipe = tmp_path / "pipe"
+    code = main(["build", "--arch", "pipeline", "--layer-counters", "--no-synth",
+                 "--check-images", "0", "--model", str(model), "--out", str(pipe)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "--layer-counters" in line and "--arch array" in line
+    assert not pipe.exists() and not _leftovers(pipe)
+
+
 @pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
 def test_array_build_of_a_model_too_big_is_one_line_before_synthesis(tmp_path: Path,
                                                                      capsys) -> None:

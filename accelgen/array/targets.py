@@ -65,9 +65,10 @@ def array_target(dev: Device) -> ArrayTarget:
 
 
 def layer_counters_kept(family: str) -> bool:
-    """Whether a build keeps the per-layer counters readable over the host link: not on
-    iCE40 (the counter memory's write path and counters are about 500 logic cells the UP5K's
-    array has no room for)."""
+    """Whether a build keeps the per-layer counters readable over the host link by default:
+    not on iCE40 (the counter memory's write path and counters are about 350 logic cells,
+    which on the UP5K cost place-and-route time and clock; ``accelgen build
+    --layer-counters`` keeps them where they fit)."""
     return family != "ice40"
 
 
@@ -95,6 +96,7 @@ class ArrayEstimate:
     macs_per_image: int = 0
     resources: dict = field(default_factory=dict)  # planned: the counts known exactly
     program: object = field(default=None, repr=False, compare=False)  # the compiled Program
+    layer_counters: bool = False  # the per-layer counters are built (LAYERS over the link)
 
     @property
     def fps(self) -> float:
@@ -111,12 +113,15 @@ class ArrayEstimate:
                            "writes_per_image": self.memory_writes},
                 "weight_bytes": self.weight_bytes, "logic_checked": self.logic_checked,
                 "macs_per_image": self.macs_per_image, "resources": self.resources,
+                "layer_counters": self.layer_counters,
                 "layers": self.layers}
 
 
-def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEstimate:
-    """The array's estimate for `qg` on `dev`; `NotOnArray` or `DoesNotFitArray` (both name
-    the cause) when it cannot run it."""
+def estimate_array(qg, dev: Device, clock_mhz: float | None = None,
+                   layer_counters: bool | None = None) -> ArrayEstimate:
+    """The array's estimate for `qg` on `dev`, with the per-layer counters or without them
+    (`layer_counters`; None: `layer_counters_kept`); `NotOnArray` or `DoesNotFitArray` (both
+    name the cause) when it cannot run it."""
     target = array_target(dev)
     cfg = target.config
     program = compile_graph(qg, cfg)
@@ -134,7 +139,7 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
     from accelgen.array.resources import array_block_rams, array_resources
 
     out_t = qg.tensors[qg.outputs[0].tensor]
-    kept = layer_counters_kept(dev.family)
+    kept = layer_counters_kept(dev.family) if layer_counters is None else layer_counters
     needs = program.needs()
     logic = array_resources(dev.family, cfg.pes, needs, kept, out_t.size * out_t.bits)
     if logic.lut > dev.luts:
@@ -157,7 +162,7 @@ def estimate_array(qg, dev: Device, clock_mhz: float | None = None) -> ArrayEsti
                          writes, program.words, cfg.mem_words,
                          2 * program.regions["weights and parameters"],
                          macs / capacity if capacity else 0.0, rows, macs_per_image=macs,
-                         resources=resources, program=program)
+                         resources=resources, program=program, layer_counters=kept)
 
 
 __all__ = ["ArrayEstimate", "ArrayTarget", "DoesNotFitArray", "NotOnArray", "array_target",
