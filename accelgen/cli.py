@@ -403,7 +403,7 @@ def _calibration(args: argparse.Namespace, model_path: Path, graph):
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from accelgen.compress.pipeline import compress, summary_lines, write
-    from accelgen.compress.quantize import QuantConfig
+    from accelgen.compress.quantize import QuantConfig, default_rounding
     from accelgen.data import load_npz
     from accelgen.frontend import load_model
 
@@ -418,9 +418,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     graph = load_model(model_path)
     calib = _calibration(args, model_path, graph)
-    narrowest = min([config.weight_bits, *config.layer_bits.values()])
-    if args.rounding is None and narrowest <= ADAPTIVE_BELOW and calib is not None:
-        config = replace(config, rounding="adaptive")
+    if args.rounding is None:
+        config = replace(config, rounding=default_rounding(config, calib is not None))
     if args.eval_data:
         evaluation = load_npz(args.eval_data, graph.inputs[0].onnx_shape)
     else:
@@ -577,14 +576,11 @@ def _progress(total: int, label: str, quiet: bool = False):
 # --------------------------------------------------------------------------------------------
 
 
-ADAPTIVE_BELOW = 6  # `quantized_for` rounds weights of this many bits or fewer adaptively
-
-
 def quantized_for(arg: str | None, *, calib: str | None = None, bits: int = 8):
     """A shape description: loaded if `arg` is one, else the model compressed with defaults
     (its shipped calibration data, or `calib`; random inputs as a last resort for planning;
-    at `ADAPTIVE_BELOW` bits or fewer, adaptive rounding)."""
-    from accelgen.compress.quantize import QuantConfig, quantize
+    rounded by `default_rounding`)."""
+    from accelgen.compress.quantize import QuantConfig, default_rounding, quantize
     from accelgen.data import load_npz, random_inputs
     from accelgen.frontend import load_model
 
@@ -604,12 +600,9 @@ def quantized_for(arg: str | None, *, calib: str | None = None, bits: int = 8):
             print("accelgen: warning: no calibration data for this model; planning with "
                   "random inputs (accuracy figures would be meaningless)", file=sys.stderr)
             data = random_inputs(gi.onnx_shape, gi.dtype, 256).x
-    # below 8 bits round weights adaptively (the default model at 4 bits: 84.95 % against
-    # 15.90 % rounded to nearest, benchmarks/results/quantization.md); at 8 bits and above
-    # round to nearest (as accurate there, and a third of the time)
-    rounding = "adaptive" if bits <= ADAPTIVE_BELOW and data is not None else "nearest"
-    qg, _ = quantize(graph, data, QuantConfig(weight_bits=bits, act_bits=bits,
-                                              rounding=rounding))
+    config = QuantConfig(weight_bits=bits, act_bits=bits)
+    config = replace(config, rounding=default_rounding(config, data is not None))
+    qg, _ = quantize(graph, data, config)
     entry = zoo_entry_for(path)
     qg.meta["zoo_model"] = entry.name if entry else None
     return qg
@@ -791,6 +784,8 @@ def cmd_boards(args: argparse.Namespace) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from accelgen.compress.quantize import ADAPTIVE_BELOW
+
     p = _Parser(prog="accelgen", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"accelgen {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -841,7 +836,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--calibration", choices=("kl", "max", "percentile"), default="kl")
     s.add_argument("--rounding", choices=("nearest", "stochastic", "adaptive"), default=None,
                    help="weight rounding; adaptive minimises each layer's output error on the "
-                   f"calibration data (default: adaptive at {ADAPTIVE_BELOW} bits or fewer, "
+                   f"calibration data (default: adaptive at {ADAPTIVE_BELOW} weight bits or "
+                   "fewer, "
                    "else nearest)")
     s.add_argument("--seed", type=int, default=0, help="seed of stochastic rounding")
     s.add_argument("--calib-data", default=None, metavar="FILE.npz|random")

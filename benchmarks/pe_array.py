@@ -45,8 +45,8 @@ from accelgen.array.compiler import (
 from accelgen.array.isa import Mode
 from accelgen.array.targets import array_target
 from accelgen.boards import board
-from accelgen.cli import ADAPTIVE_BELOW
 from accelgen.compress import QuantConfig, quantize
+from accelgen.compress.quantize import default_rounding
 from accelgen.frontend import load_model
 from accelgen.sim.array import simulate_array
 
@@ -120,12 +120,11 @@ def main() -> None:
         layer_rows: list[str] = []
         for width, qcfg in _widths(graph).items():
             # both roundings' errors; the hardware runs the one accelgen picks by default
-            # (adaptive at ADAPTIVE_BELOW bits or fewer)
+            # (`default_rounding`)
             qgs = {r: quantize(graph, calib, replace(qcfg, rounding=r))[0]
                    for r in ("nearest", "adaptive")}
             errors = {r: _rel_error(q, x, float_all) for r, q in qgs.items()}
-            narrowest = min([qcfg.weight_bits, *qcfg.layer_bits.values()])
-            qg = qgs["adaptive" if narrowest <= ADAPTIVE_BELOW else "nearest"]
+            qg = qgs[default_rounding(qcfg, calibrated=True)]
             try:
                 program = compile_graph(qg, cfg)
             except (DoesNotFitArray, NotOnArray) as e:

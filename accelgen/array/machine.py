@@ -175,7 +175,7 @@ def cost(program: Program) -> list[LayerCost]:
         if ins.op == Op.CONV:
             k, g = ins.k, ins.gsz
             c16 = cfg.word16_cycles if Mode(ins.mode) in (Mode.B16, Mode.B4) else 1
-            c16 *= ins.fold  # (a word issued once per channel of a PE; folds: 1-cycle words)
+            per_word = c16 * ins.fold  # issue cycles a word (once per channel of a PE)
             inside = _inside_taps(ins) * ins.tapw
             reads, writes = WORDS, 0  # the instruction's own words
             cycles = FETCH + 1  # and the final step to the next instruction
@@ -184,7 +184,7 @@ def cost(program: Program) -> list[LayerCost]:
                 reads += g * k + PARAM_WORDS * g + inside
                 writes += pixels * gw
                 cycles += 1 + (g * k + 2) + (PARAM_WORDS * g + 2)
-                cycles += _pixel_timeline(pixels, k * c16, g, y.lanes, gw)
+                cycles += _pixel_timeline(pixels, k * per_word, g, y.lanes, gw)
             lanes = Mode(ins.mode).lanes
             capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes != 2 else 1)
             out.append(LayerCost(lc.layer, "conv" + ("-dw" if ins.has(Flag.DEPTHWISE) else ""),
