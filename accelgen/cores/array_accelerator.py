@@ -22,7 +22,8 @@ link, the board top and the host driver serve both templates unchanged.
 
 An input beat is taken a cycle; the core runs while no beat is taken (the host link holds the
 next frame's codes back until the response is out). Writes to the core's memory are
-registered: they land a cycle after their byte or beat.
+registered here and again in the core: they land two cycles after their byte or beat; a word
+read back comes three cycles after its address is set.
 """
 
 from __future__ import annotations
@@ -177,7 +178,10 @@ class ArrayAccelerator(wiring.Component):
                 m.d.sync += [self.latency.eq(core.cycles), o_word.eq(0), o_lane.eq(0),
                              o_chan.eq(0), o_pix.eq(0)]
                 m.next = "READ"
-            with m.State("READ"):  # the word's address is on the port; its data next cycle
+            with m.State("READ"):  # the word's address is on the port; its data two cycles
+                m.d.comb += ext_addr.eq(out.addr + o_word)  # later (the core registers it)
+                m.next = "WAIT"
+            with m.State("WAIT"):
                 m.d.comb += ext_addr.eq(out.addr + o_word)
                 m.next = "HOLD"
             with m.State("HOLD"):

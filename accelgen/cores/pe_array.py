@@ -181,23 +181,29 @@ class ArrayCore(wiring.Component):
         cfg = self.config
         P = cfg.pes
         F = self.folds  # accumulators per PE: a group is up to F * P channels
-        # the memory: one port, read data the cycle after its address. On an iCE40 board it
-        # is SPRAM (no initial value: the host loads the program); elsewhere block RAM,
-        # initialised with `image`
+        # the memory: one port whose requests (address, enable, write data) are registered
+        # before they reach it, so a read's data comes two cycles after its
+        # address and a write lands a cycle after its request (reads and writes keep their
+        # order). On an iCE40 board it is SPRAM (no initial value: the host loads the
+        # program), whose inputs are then fed by flip-flops alone (`SinglePortRam`'s
+        # ``registered``); elsewhere block RAM, initialised with `image`
+        rd = _PortView(None)
+        wr = _PortView(None)
         if self.family == "ice40" and platform is not None:
             from accelgen.memory.spram import SinglePortRam
 
-            ram = SinglePortRam(cfg.mem_words, 16, "ice40")
+            ram = SinglePortRam(cfg.mem_words, 16, "ice40", registered=True)
             m.submodules.mem = ram
-            rd = _PortView(ram.rdata)
-            wr = _PortView(None)
             m.d.comb += [ram.addr.eq(Mux(wr.en, wr.addr, rd.addr)), ram.we.eq(wr.en),
-                         ram.wdata.eq(wr.data)]
+                         ram.wdata.eq(wr.data), rd.data.eq(ram.rdata)]
         else:
             mem = Memory(shape=16, depth=cfg.mem_words, init=self.image)
             m.submodules.mem = self.memory = mem
-            rd = mem.read_port()
-            wr = mem.write_port()
+            mrd = mem.read_port()
+            mwr = mem.write_port()
+            m.d.sync += [mrd.addr.eq(rd.addr), mrd.en.eq(rd.en), mwr.addr.eq(wr.addr),
+                         mwr.en.eq(wr.en), mwr.data.eq(wr.data)]
+            m.d.comb += rd.data.eq(mrd.data)
         m.d.comb += self.ext_rdata.eq(rd.data)
 
         pes = []
@@ -231,7 +237,7 @@ class ArrayCore(wiring.Component):
         iwords = [Signal(16, name=f"iword{k}") for k in range(WORDS)]
         ins = _Fields(LAYOUT(Cat(*iwords)[:LAYOUT.size]), self.fields)
         pc = Signal(self.abits)
-        cnt = Signal(range(max(WORDS, PARAM_WORDS * F * P) + 2))  # the current step's counter
+        cnt = Signal(range(max(WORDS + 1, PARAM_WORDS * F * P) + 2))  # the current step's counter
 
         # ---------------------------------------------------------------- memory access
         # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
@@ -305,24 +311,34 @@ class ArrayCore(wiring.Component):
         iss_in = Signal()
         iss_ph = Signal()
         iss_rep = Signal()  # the word is the one issued before, for the PEs' next channel
+        # two stages: the memory's read is under way in the first (the PEs' weight buffers
+        # are read in it, at the word's kernel index `kidx1`), its data arrives in the second,
+        # which feeds the PEs
         v1, first1, last1, in1, ph1 = Signal(), Signal(), Signal(), Signal(), Signal()
         rep1 = Signal()
+        kcount = Signal(range(cfg.wbuf_words + 1))  # the issued word's index in the kernel
+        kidx1 = Signal.like(kcount)
         m.d.sync += [v1.eq(iss), first1.eq(iss_first), last1.eq(iss_last), in1.eq(iss_in),
-                     ph1.eq(iss_ph), rep1.eq(iss_rep)]
+                     ph1.eq(iss_ph), rep1.eq(iss_rep), kidx1.eq(kcount)]
+        v2, first2, last2, in2, ph2 = Signal(), Signal(), Signal(), Signal(), Signal()
+        rep2 = Signal()
+        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), in2.eq(in1),
+                     ph2.eq(ph1), rep2.eq(rep1)]
         abuf = Signal(16)  # the word of phase 0 (and fold 0), held for phase 1 (the folds)
         a_word = Signal(16)
-        m.d.comb += a_word.eq(Mux(ph1 | rep1, abuf, Mux(in1, rd.data, ins.pad)))
-        with m.If(v1 & ~ph1 & ~rep1):
+        m.d.comb += a_word.eq(Mux(ph2 | rep2, abuf, Mux(in2, rd.data, ins.pad)))
+        with m.If(v2 & ~ph2 & ~rep2):
             m.d.sync += abuf.eq(a_word)
         for p, pe in enumerate(pes):
             rport, _ = wbufs[p]
+            m.d.comb += [rport.addr.eq(kidx1), rport.en.eq(v1)]
             m.d.comb += [pe.a.eq(a_word), pe.w.eq(rport.data), pe.mode.eq(ins.mode),
-                         pe.phase.eq(ph1), pe.valid.eq(v1), pe.clear.eq(first1 & ~ph1)]
+                         pe.phase.eq(ph2), pe.valid.eq(v2), pe.clear.eq(first2 & ~ph2)]
             if F > 1:
                 m.d.comb += pe.fold.eq(ins.fold)
         # the pixel's last word reaches the accumulators LATENCY cycles after it entered
         last_pipe = [Signal(name=f"last_d{k}") for k in range(LATENCY + 1)]
-        m.d.sync += last_pipe[0].eq(last1 & v1)
+        m.d.sync += last_pipe[0].eq(last2 & v2)
         for k in range(LATENCY):
             m.d.sync += last_pipe[k + 1].eq(last_pipe[k])
         capture = Signal()
@@ -429,19 +445,22 @@ class ArrayCore(wiring.Component):
             with m.If(olane == lanes_y - 1):
                 m.d.sync += owrd.eq(Mux(ochan == gsz - 1, 0, owrd + 1))
         rq_busy = Signal()
-        m.d.comb += rq_busy.eq(r0 | r1 | r2 | r3 | wq | capture | last_pipe[0] | v1)
+        m.d.comb += rq_busy.eq(r0 | r1 | r2 | r3 | wq | capture | last_pipe[0] | v1 | v2)
         in_flight = Signal()  # a pixel's last word on its way to the shadow registers
-        m.d.comb += in_flight.eq((last1 & v1) | last_pipe[0] | capture)
+        m.d.comb += in_flight.eq((last1 & v1) | (last2 & v2) | last_pipe[0] | capture)
 
         # ---------------------------------------------------------------- vector unit
         vi = Signal(fb["k"])  # ADD: words whose reads are issued
         va, vb = Signal(16), Signal(16)  # ADD: the lane unit's words
         na, nb = Signal(16), Signal(16)  # ADD: the next pair, read ahead
-        ax, ax2 = Signal(), Signal()  # ADD: first input read, second input's data arrives
-        ax_data = Signal()  # ADD: the first input's data arrives
+        # ADD: first input read; second input read (then its data on its way, then arriving)
+        ax, ax2, ax3 = Signal(), Signal(), Signal()
+        ax_data, ax_data2 = Signal(), Signal()  # ADD: first input's read, data arriving
         afull, vact = Signal(), Signal()  # ADD: na/nb hold a pair; the lane unit has one
         vk = Signal(3)  # lane
-        pv, pfirst = Signal(), Signal()  # a pool tap's word arrives / is the window's first
+        # a pool tap's word read / is the window's first; (2) its data arrives
+        pv, pfirst, pv2, pfirst2 = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [pv2.eq(pv), pfirst2.eq(pfirst)]
         first_tap = Signal(init=1)
         lanes_max = max(k.lanes for k in modes)
         lane_acc = [Signal(signed(LANE_BITS), name=f"lane_acc{k}") for k in range(lanes_max)]
@@ -468,8 +487,8 @@ class ArrayCore(wiring.Component):
             val = lane_value(rd.data, Const(k, 3), ins.mode, x_off)
             larger = Mux(val > lane_acc[k], val, lane_acc[k])
             total = lane_acc[k] + val
-            with m.If(pv):
-                with m.If(pfirst):
+            with m.If(pv2):
+                with m.If(pfirst2):
                     m.d.sync += lane_acc[k].eq(val)
                 with m.Else():
                     m.d.sync += lane_acc[k].eq(
@@ -519,11 +538,11 @@ class ArrayCore(wiring.Component):
                     m.d.sync += layer.eq(layer + 1)
                 with m.If(cnt < WORDS):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pc + cnt)]
-                for k in range(WORDS):
-                    with m.If(cnt == k + 1):
+                for k in range(WORDS):  # (word k's data comes two cycles after its read)
+                    with m.If(cnt == k + 2):
                         m.d.sync += iwords[k].eq(rd.data)
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == WORDS):
+                with m.If(cnt == WORDS + 1):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += cnt.eq(0)
@@ -540,7 +559,8 @@ class ArrayCore(wiring.Component):
                     with m.Case(Op.ADD):
                         m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
                                      wcount.eq(0), olane.eq(0), outw.eq(0), ax.eq(0),
-                                     ax2.eq(0), afull.eq(0), vact.eq(0)]
+                                     ax2.eq(0), ax3.eq(0), ax_data.eq(0), ax_data2.eq(0),
+                                     afull.eq(0), vact.eq(0)]
                         m.next = "ADD_RUN"
                 pools = [op for op in (Op.MAXPOOL, Op.AVGPOOL) if op in self.ops]
                 if pools:
@@ -585,13 +605,18 @@ class ArrayCore(wiring.Component):
                                               else lp + 1 < gsz)]
                     with m.Else():
                         m.d.sync += lk.eq(lk + 1)
+                # (the word's data comes two cycles after its read: its PE and address wait
+                # in two stages, the second with the PE's write enable decoded)
                 wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal.like(lk)
-                m.d.sync += [wl_v.eq(issue), wl_p.eq(lp), wl_k.eq(lk)]
+                wl2_v, wl2_sel, wl2_k = Signal(), Signal(P), Signal.like(lk)
+                m.d.sync += [wl_v.eq(issue), wl_p.eq(lp), wl_k.eq(lk), wl2_v.eq(wl_v),
+                             wl2_sel.eq(Cat(wl_v & (wl_p == p) for p in range(P))),
+                             wl2_k.eq(wl_k)]
                 for p in range(P):
                     _, wport = wbufs[p]
-                    m.d.comb += [wport.addr.eq(wl_k), wport.data.eq(rd.data),
-                                 wport.en.eq(wl_v & (wl_p == p))]
-                with m.If(~issue & ~wl_v):
+                    m.d.comb += [wport.addr.eq(wl2_k), wport.data.eq(rd.data),
+                                 wport.en.eq(wl2_sel[p])]
+                with m.If(~issue & ~wl_v & ~wl2_v):
                     m.d.sync += [cnt.eq(0), lp.eq(0), pmore.eq(1)]
                     m.next = "LOADP"
             with m.State("LOADP"):
@@ -602,10 +627,11 @@ class ArrayCore(wiring.Component):
                     m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1),
                                  pmore.eq(cnt + 1 < gsz * PARAM_WORDS)]
                 pl_v, pl_n = Signal(), Signal.like(cnt)
-                m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt)]
-                m.d.comb += [pwr.addr.eq(pl_n >> 2), pwr.data.eq(rd.data.replicate(4)),
-                             pwr.en.eq(Mux(pl_v, Const(1, 4) << pl_n[:2], 0))]
-                with m.If(~issue & ~pl_v):
+                pl2_v, pl2_n = Signal(), Signal.like(cnt)
+                m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt), pl2_v.eq(pl_v), pl2_n.eq(pl_n)]
+                m.d.comb += [pwr.addr.eq(pl2_n >> 2), pwr.data.eq(rd.data.replicate(4)),
+                             pwr.en.eq(Mux(pl2_v, Const(1, 4) << pl2_n[:2], 0))]
+                with m.If(~issue & ~pl_v & ~pl2_v):
                     m.d.sync += [jl.eq(ins.tapw == 1), cl.eq(ins.kw == 1), rl.eq(ins.kh == 1)]
                     if F > 1:
                         m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
@@ -629,12 +655,6 @@ class ArrayCore(wiring.Component):
                                  iss_in.eq(inside), iss_ph.eq(ph), iss_rep.eq(fi != 0)]
                     with m.If(inside & ~ph & (fi == 0)):
                         m.d.comb += r_en.eq(1)
-                    kidx = Signal.like(lk)  # the word's index in the kernel
-                    kcount = Signal.like(lk)
-                    m.d.comb += kidx.eq(kcount)
-                    for p in range(P):
-                        rport, _ = wbufs[p]
-                        m.d.comb += [rport.addr.eq(kidx), rport.en.eq(1)]
                     with m.If(sixteen2 & ~ph):
                         m.d.sync += ph.eq(1)
                     if F > 1:
@@ -682,7 +702,7 @@ class ArrayCore(wiring.Component):
                 # cycle and no other pair is on its way
                 with m.State("ADD_RUN"):
                     m.d.comb += write_now.eq(wq)
-                    m.d.sync += ax_data.eq(0)
+                    m.d.sync += [ax_data.eq(0), ax_data2.eq(ax_data), ax3.eq(ax2)]
                     take = Signal()
                     m.d.comb += take.eq(afull & (~vact | (vk == lanes_y - 1)))
                     with m.If(vact):
@@ -697,17 +717,19 @@ class ArrayCore(wiring.Component):
                     with m.If(take):
                         m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vact.eq(1), afull.eq(0)]
                     with m.If(~wq):
-                        with m.If((vi != ins.k) & ~ax & ~ax2 & (~afull | take)):
+                        with m.If((vi != ins.k) & ~ax & ~ax2 & ~ax3 & (~afull | take)):
                             m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
                             m.d.sync += [ax.eq(1), ax_data.eq(1)]
                         with m.Elif(ax):
                             m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
                             m.d.sync += [ax.eq(0), ax2.eq(1), vi.eq(vi + 1)]
-                    with m.If(ax_data):  # the first input's word, read last cycle
+                    with m.If(ax_data2):  # the first input's word, read two cycles ago
                         m.d.sync += na.eq(rd.data)
-                    with m.If(ax2):  # the second's
-                        m.d.sync += [nb.eq(rd.data), ax2.eq(0), afull.eq(1)]
-                    with m.If((vi == ins.k) & ~ax & ~ax2 & ~afull & ~vact):
+                    with m.If(ax2):
+                        m.d.sync += ax2.eq(0)
+                    with m.If(ax3):  # the second's
+                        m.d.sync += [nb.eq(rd.data), afull.eq(1)]
+                    with m.If((vi == ins.k) & ~ax & ~ax2 & ~ax3 & ~afull & ~vact):
                         m.next = "ADD_WAIT"
                 with m.State("ADD_WAIT"):
                     m.d.comb += write_now.eq(wq)
@@ -732,7 +754,10 @@ class ArrayCore(wiring.Component):
                             m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                         with m.Else():
                             m.d.sync += [r.eq(0), tr.eq(pa), tc.eq(pa)]
-                            m.next = "POOL_LAST"
+                            m.next = "POOL_GAP"
+                with m.State("POOL_GAP"):  # the last tap's data on its way
+                    m.d.sync += pv.eq(0)
+                    m.next = "POOL_LAST"
                 with m.State("POOL_LAST"):
                     m.d.sync += [pv.eq(0), vk.eq(0), mi.eq(0), first_tap.eq(1)]
                     if has_avg and has_max:

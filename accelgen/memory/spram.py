@@ -9,6 +9,12 @@ simulation, it is an Amaranth `Memory` with the same behaviour:
 * one address ``addr`` for reads and writes; ``we`` writes ``wdata`` at the clock edge;
 * ``rdata`` is the word at the address of the previous cycle (synchronous read) and holds its
   value in a cycle that writes (SPRAM's "no change" read-during-write behaviour).
+
+With ``registered``, ``addr``/``we``/``wdata`` are registered first (and each SPRAM's chip
+select decoded into a register of its own), so nothing but a wire lies between a flip-flop and
+the SPRAM's inputs, which sit in the die's corners (on the UP5K that route alone is about 7 ns):
+a write lands a cycle after ``we``, and ``rdata`` is the word at the address of two cycles
+before.
 """
 
 from __future__ import annotations
@@ -32,10 +38,12 @@ class SinglePortRam(wiring.Component):
     """`depth` words of `width` bits, one port (module docstring); `family` "ice40" uses
     SPRAM primitives when elaborated for a platform."""
 
-    def __init__(self, depth: int, width: int, family: str | None = None) -> None:
+    def __init__(self, depth: int, width: int, family: str | None = None, *,
+                 registered: bool = False) -> None:
         if depth < 1 or width < 1:
             raise ValueError(f"a RAM needs depth and width >= 1, not {depth!r} x {width!r}")
         self.depth, self.width, self.family = depth, width, family
+        self.registered = registered
         super().__init__({
             "addr": In(range(depth)),
             "wdata": In(width),
@@ -45,25 +53,35 @@ class SinglePortRam(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
+        addr, we, wdata_in = self.addr, self.we, self.wdata
+        if self.registered:
+            addr, we, wdata_in = Signal.like(self.addr), Signal(), Signal.like(self.wdata)
+            m.d.sync += [addr.eq(self.addr), we.eq(self.we), wdata_in.eq(self.wdata)]
         if platform is None or self.family != "ice40":
             m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=[])
             rd = mem.read_port()
             wr = mem.write_port()
-            m.d.comb += [rd.addr.eq(self.addr), rd.en.eq(~self.we), self.rdata.eq(rd.data),
-                         wr.addr.eq(self.addr), wr.data.eq(self.wdata), wr.en.eq(self.we)]
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(~we), self.rdata.eq(rd.data),
+                         wr.addr.eq(addr), wr.data.eq(wdata_in), wr.en.eq(we)]
             return m
         lanes = -(-self.width // SPRAM_WIDTH)
         banks = -(-self.depth // SPRAM_DEPTH)
         wdata = Signal(lanes * SPRAM_WIDTH)
-        m.d.comb += wdata.eq(self.wdata)
+        m.d.comb += wdata.eq(wdata_in)
         low = Signal(14)
-        m.d.comb += low.eq(self.addr if banks == 1 else self.addr[:14])
+        m.d.comb += low.eq(addr if banks == 1 else addr[:14])
         bank = Signal(range(banks)) if banks > 1 else Const(0)
         if banks > 1:
-            m.d.comb += bank.eq(self.addr[14:])
+            m.d.comb += bank.eq(addr[14:])
+        # each bank's chip select: decoded from the address, or (registered) a flip-flop of
+        # its own decoded from the unregistered address
+        selects = [(bank == b) if banks > 1 else Const(1) for b in range(banks)]
+        if self.registered and banks > 1:
+            selects = [Signal(name=f"cs_{b}") for b in range(banks)]
+            m.d.sync += [cs.eq(self.addr[14:] == b) for b, cs in enumerate(selects)]
         read_bank = Signal.like(bank) if banks > 1 else Const(0)
         if banks > 1:
-            with m.If(~self.we):
+            with m.If(~we):
                 m.d.sync += read_bank.eq(bank)
         outs = []
         for b in range(banks):
@@ -73,8 +91,7 @@ class SinglePortRam(wiring.Component):
                 m.submodules[f"spram_{b}_{k}"] = Instance(
                     "SB_SPRAM256KA",
                     i_ADDRESS=low, i_DATAIN=wdata[k * SPRAM_WIDTH : (k + 1) * SPRAM_WIDTH],
-                    i_MASKWREN=Const(0b1111, 4), i_WREN=self.we,
-                    i_CHIPSELECT=(bank == b) if banks > 1 else Const(1),
+                    i_MASKWREN=Const(0b1111, 4), i_WREN=we, i_CHIPSELECT=selects[b],
                     i_CLOCK=ClockSignal("sync"), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
                     o_DATAOUT=dout)
                 lane_outs.append(dout)

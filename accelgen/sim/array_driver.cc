@@ -81,6 +81,7 @@ int ag_array_run(void *p, uint32_t n, const uint16_t *inputs, uint32_t in_addr,
     }
     for (uint32_t i = 0; i < out_words; i++) {
       t.ext_addr = out_addr + i;
+      s.tick();  // the core registers the address: the word comes two cycles later
       s.tick();
       outputs[uint64_t(k) * out_words + i] = uint16_t(t.ext_rdata);
     }
