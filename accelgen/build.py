@@ -362,11 +362,21 @@ def synth_script(family: str) -> str:
     wire name the design already has and fail an assertion (YosysHQ/yosys#4349; hit here by
     the default model's ECP5 pipeline with Yosys 0.60 to 0.70), and splitting multi-bit
     nets first is the workaround its maintainers give. ``accelerator.v`` is written from the
-    saved RTL after synthesis, so writing it does not change the names synthesis sees."""
+    saved RTL after synthesis, so writing it does not change the names synthesis sees.
+
+    The state registers of Amaranth's state machines (``fsm_state``, and the host link's
+    ``link_state``) lose their initial value after flattening, so that Yosys' FSM pass may
+    re-encode them one-hot (it leaves a register with an initial value alone): a state's
+    decode is then a flip-flop, not two or three levels of logic in front of every enable
+    (on the UP5K that is the difference between 28 and 40 MHz). Their initial value is the
+    reset state, and ``sync`` is held in reset from configuration until the PLL locks
+    (`accelgen.boards.clocking`), so no state machine ever runs from the lost value."""
     synth = SYNTH[family]
-    return (f"read_rtlil top.il; design -save rtl; {synth} -top top -run begin:map_luts; "
-            f"splitnets; {synth} -top top -run map_luts:; tee -o synth_stat.txt stat; "
-            "write_json top.json; design -load rtl; write_verilog -noattr accelerator.v")
+    return (f"read_rtlil top.il; design -save rtl; {synth} -top top -run begin:coarse; "
+            f"setattr -unset init w:*fsm_state w:*link_state; {synth} -top top -run "
+            f"coarse:map_luts; splitnets; {synth} -top top -run map_luts:; "
+            "tee -o synth_stat.txt stat; write_json top.json; design -load rtl; "
+            "write_verilog -noattr accelerator.v")
 
 
 def build_files(files: dict[str, str], *, family: str, part: str, package: str,

@@ -112,11 +112,13 @@ class ArrayAccelerator(wiring.Component):
         ld_low = Signal(8)
         ld_we = Signal()
         ld_addr = Signal(abits)
-        m.d.comb += self.loaded.eq(ld_bytes == self.load_bytes)
+        # (loaded: ld_bytes == load_bytes, kept as a register)
+        loaded = Signal(init=self.load_bytes == 0)
+        m.d.comb += self.loaded.eq(loaded)
         with m.If(self.load_restart):
-            m.d.sync += ld_bytes.eq(0)
-        with m.Elif(self.load.valid & ~self.loaded):
-            m.d.sync += ld_bytes.eq(ld_bytes + 1)
+            m.d.sync += [ld_bytes.eq(0), loaded.eq(self.load_bytes == 0)]
+        with m.Elif(self.load.valid & ~loaded):
+            m.d.sync += [ld_bytes.eq(ld_bytes + 1), loaded.eq(ld_bytes == self.load_bytes - 1)]
             with m.If(ld_bytes[0]):
                 m.d.comb += ld_we.eq(1)
             with m.Else():

@@ -262,12 +262,11 @@ class ArrayCore(wiring.Component):
 
         # ---------------------------------------------------------------- CONV state
         lanes_y = Signal(3)
-        ybits = Signal(5)
         modes = sorted(self.modes)
-        m.d.comb += [lanes_y.eq(by_mode(ins.y_mode, {k: k.lanes for k in modes})),
-                     ybits.eq(by_mode(ins.y_mode, {k: k.bits for k in modes}))]
+        m.d.comb += lanes_y.eq(by_mode(ins.y_mode, {k: k.lanes for k in modes}))
         fb = self.fields  # (the counters are as wide as the fields they count to)
         g = Signal(fb["groups"])  # group
+        gl = Signal()  # g at its last value
         gw = Signal(max(fb["gwords"], fb["lwords"], 1))  # output words of this group
         wptr = Signal(self.abits)
         pptr = Signal(self.abits)
@@ -279,9 +278,11 @@ class ArrayCore(wiring.Component):
         lmore, pmore = Signal(), Signal()
         lw = Signal(fb["k"])  # loading with folds: kernel word
         lf = Signal(range(F + 1))  # ... and channel of the PE
+        kl, lwl, lfl = Signal(), Signal(), Signal()  # lk, lw, lf at their last value
         # CONV issue: the PE's channel the word is issued for, and it at its last value
         fi, fl = (Signal(range(F + 1)), Signal()) if F > 1 else (Const(0, 1), Const(1, 1))
         oy, ox = Signal(fb["oh"]), Signal(fb["ow"])
+        oyl, oxl = Signal(), Signal()  # oy, ox at their last value
         r, c = Signal(fb["kh"]), Signal(fb["kw"])
         j = Signal(max(fb["tapw"], fb["xcw"]))
         ph = Signal()
@@ -408,8 +409,12 @@ class ArrayCore(wiring.Component):
         # R3: clamp, code offset, into the output word
         y = Signal(signed(18))
         m.d.comb += y.eq(Mux(shifted < ins.lo, ins.lo, Mux(shifted > ins.hi, ins.hi, shifted)))
-        code = Signal(signed(18))
-        m.d.comb += code.eq(Mux(ins.flags & Flag.Y_OFF, y - (Const(1, 17) << (ybits - 1)[:5]), y))
+        # the lane's code in the output word: its low bits, the top one flipped for an offset
+        # code (y - 2**(bits - 1) modulo 2**bits, no subtractor); lanes enter the word at its
+        # top and move down a lane each time (no shifter: after `lanes` of them the first is
+        # at bit 0)
+        y_off = Signal()
+        m.d.comb += y_off.eq((ins.flags & Flag.Y_OFF) != 0)
         outw = Signal(16)
         olane = Signal(3)
         ochan = Signal(range(F * P + 1))  # channels of this pixel requantized so far
@@ -417,37 +422,60 @@ class ArrayCore(wiring.Component):
         wq_data = Signal(16)
         yaddr = Signal(self.abits)
         owrd = Signal.like(gw)  # words of this pixel written
-        ybits_mask = Signal(16)
-        m.d.comb += ybits_mask.eq(by_mode(ins.y_mode, {k: (1 << k.bits) - 1 for k in modes}))
-        placed = Signal(16)
-        m.d.comb += placed.eq((code.as_unsigned()[:16] & ybits_mask)
-                              << (olane * ybits)[:4].as_unsigned())
+        placed = Signal(16)  # outw with this lane put in
+        m.d.comb += placed.eq(by_mode(ins.y_mode, {
+            k: Cat(outw[k.bits:], y.as_unsigned()[:k.bits] ^ Mux(y_off, 1 << (k.bits - 1), 0))
+            for k in modes}))
+        ystep = Signal(self.abits)  # yaddr's step after a pixel's last word of the group
         word_ready = Signal()
         write_now = Signal()  # the sequencer writes the waiting word this cycle
         wcount = Signal.like(gw)  # words of this pixel written
-        m.d.comb += word_ready.eq(r3 & (olane == lanes_y - 1) & (vec | (owrd < gw)))
+        # (flags kept with their counters, so no comparison lies on the requantizer's
+        # enables: olane == lanes_y - 1, ochan == gsz - 1, owrd < gw, wcount == gw - 1)
+        ol, ocl, omore, wcl = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += word_ready.eq(r3 & ol & (vec | omore))
         with m.If(word_ready):
-            m.d.sync += [wq.eq(1), wq_data.eq(outw | placed)]
+            m.d.sync += [wq.eq(1), wq_data.eq(placed)]
         with m.Elif(write_now):
             m.d.sync += wq.eq(0)
         with m.If(write_now):
             m.d.comb += [w_en.eq(1), w_addr.eq(yaddr), w_data.eq(wq_data)]
-            with m.If(wcount == gw - 1):
-                m.d.sync += [wcount.eq(0), yaddr.eq(yaddr + Mux(vec, 1, ins.ycw - gw + 1))]
+            with m.If(wcl):
+                m.d.sync += [wcount.eq(0), wcl.eq(gw == 1), yaddr.eq(yaddr + ystep)]
             with m.Else():
-                m.d.sync += [wcount.eq(wcount + 1), yaddr.eq(yaddr + 1)]
+                m.d.sync += [wcount.eq(wcount + 1), wcl.eq(wcount == gw - 2),
+                             yaddr.eq(yaddr + 1)]
         with m.If(r3):
-            with m.If(olane == lanes_y - 1):
-                m.d.sync += [olane.eq(0), outw.eq(0)]
+            with m.If(ol):
+                m.d.sync += [olane.eq(0), ol.eq(lanes_y == 1), outw.eq(0)]
             with m.Else():
-                m.d.sync += [olane.eq(olane + 1), outw.eq(outw | placed)]
-            m.d.sync += ochan.eq(Mux(ochan == gsz - 1, 0, ochan + 1))
-            with m.If(olane == lanes_y - 1):
-                m.d.sync += owrd.eq(Mux(ochan == gsz - 1, 0, owrd + 1))
-        rq_busy = Signal()
-        m.d.comb += rq_busy.eq(r0 | r1 | r2 | r3 | wq | capture | last_pipe[0] | v1 | v2)
+                m.d.sync += [olane.eq(olane + 1), ol.eq(olane == lanes_y - 2),
+                             outw.eq(placed)]
+            with m.If(ocl):
+                m.d.sync += [ochan.eq(0), ocl.eq(gsz == 1)]
+            with m.Else():
+                m.d.sync += [ochan.eq(ochan + 1), ocl.eq(ochan == gsz - 2)]
+            with m.If(ol):
+                with m.If(ocl):
+                    m.d.sync += [owrd.eq(0), omore.eq(1)]
+                with m.Else():
+                    m.d.sync += [owrd.eq(owrd + 1), omore.eq(owrd + 1 < gw)]
         in_flight = Signal()  # a pixel's last word on its way to the shadow registers
         m.d.comb += in_flight.eq((last1 & v1) | (last2 & v2) | last_pipe[0] | capture)
+        # rq_wait == (rq_left != 0) | in_flight, kept as a register computed from the next
+        # values of its parts, so the issue stage's hold is a few gates deep
+        rq_wait = Signal()
+        nz_next = Signal()  # rq_left != 0 next cycle
+        m.d.comb += nz_next.eq(Mux(capture, gsz != 0, rq_left > 1))
+        m.d.sync += rq_wait.eq(nz_next | (iss & iss_last) | (last1 & v1) | (last2 & v2)
+                               | last_pipe[LATENCY - 2])
+        # rq_idle: nothing in the requantizer or on its way to it (r0 | r1 | r2 | r3 | wq |
+        # capture | last_pipe[0] | v1 | v2 all low), in the states that wait for it (they
+        # feed it no lane: vq_valid low), kept the same way: the next values of those parts
+        # (capture is last_pipe[LATENCY - 1], LATENCY >= 2)
+        rq_idle = Signal()
+        m.d.sync += rq_idle.eq(~(nz_next | r0 | r1 | r2 | word_ready | (wq & ~write_now)
+                                 | last_pipe[LATENCY - 2] | (last2 & v2) | v1 | iss))
 
         # ---------------------------------------------------------------- vector unit
         vi = Signal(fb["k"])  # ADD: words whose reads are issued
@@ -458,6 +486,8 @@ class ArrayCore(wiring.Component):
         ax_data, ax_data2 = Signal(), Signal()  # ADD: first input's read, data arriving
         afull, vact = Signal(), Signal()  # ADD: na/nb hold a pair; the lane unit has one
         vk = Signal(3)  # lane
+        vkl = Signal()  # vk == lanes_y - 1
+        vdone = Signal()  # ADD: vi == k (every word's reads issued)
         # a pool tap's word read / is the window's first; (2) its data arrives
         pv, pfirst, pv2, pfirst2 = Signal(), Signal(), Signal(), Signal()
         m.d.sync += [pv2.eq(pv), pfirst2.eq(pfirst)]
@@ -465,6 +495,7 @@ class ArrayCore(wiring.Component):
         lanes_max = max(k.lanes for k in modes)
         lane_acc = [Signal(signed(LANE_BITS), name=f"lane_acc{k}") for k in range(lanes_max)]
         mi = Signal(7)
+        mil = Signal()  # mi == rk
         mp = Signal(LANE_BITS + 4)  # an average's t * rm >> i (t = 2 * sum + rc >= 0)
         mt = Signal(LANE_BITS + 3)  # t
         rm_bit = Signal()  # bit mi - 1 of rm
@@ -509,16 +540,18 @@ class ArrayCore(wiring.Component):
         def next_pixel(after_last: str, otherwise: str | None) -> None:
             """Step to the next output pixel (row-major) and its tap addresses; after the last
             pixel go to state `after_last`, else to `otherwise` (None: stay)."""
-            with m.If(ox != ins.ow - 1):
+            with m.If(~oxl):
                 m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw), pa.eq(pa + ins.scw),
-                             tr.eq(pa + ins.scw), tc.eq(pa + ins.scw)]
+                             tr.eq(pa + ins.scw), tc.eq(pa + ins.scw),
+                             oxl.eq(ox == ins.ow - 2)]
                 if otherwise:
                     m.next = otherwise
             with m.Else():
                 m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
                              ra.eq(ra + ins.srow), pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
-                             tc.eq(ra + ins.srow)]
-                with m.If(oy == ins.oh - 1):
+                             tc.eq(ra + ins.srow), oxl.eq(ins.ow == 1),
+                             oyl.eq(oy == ins.oh - 2)]
+                with m.If(oyl):
                     m.next = after_last
                 if otherwise:
                     with m.Else():
@@ -536,8 +569,9 @@ class ArrayCore(wiring.Component):
                         m.d.comb += [cwr.en.eq(1), cwr.addr.eq(layer - 1),
                                      cwr.data.eq(Cat(self.cycles, self.reads, self.writes))]
                     m.d.sync += layer.eq(layer + 1)
-                with m.If(cnt < WORDS):
-                    m.d.comb += [r_en.eq(1), r_addr.eq(pc + cnt)]
+                with m.If(cnt < WORDS):  # (pc: the next word to fetch)
+                    m.d.comb += [r_en.eq(1), r_addr.eq(pc)]
+                    m.d.sync += pc.eq(pc + 1)
                 for k in range(WORDS):  # (word k's data comes two cycles after its read)
                     with m.If(cnt == k + 2):
                         m.d.sync += iwords[k].eq(rd.data)
@@ -549,36 +583,47 @@ class ArrayCore(wiring.Component):
                 m.next = "DISPATCH"
             with m.State("DISPATCH"), m.Switch(ins.op):
                 with m.Case(Op.CONV):
-                    m.d.sync += [g.eq(0), wptr.eq(ins.w_addr), pptr.eq(ins.p_addr),
-                                 cwb.eq(0), ybase.eq(0)]
+                    m.d.sync += [g.eq(0), gl.eq(ins.groups == 1), wptr.eq(ins.w_addr),
+                                 pptr.eq(ins.p_addr), cwb.eq(0), ybase.eq(0)]
                     m.next = "GROUP"
                 with m.Case(Op.END):
                     m.d.sync += self.busy.eq(0)
                     m.next = "IDLE"
                 if has_add:
                     with m.Case(Op.ADD):
-                        m.d.sync += [vec.eq(1), vi.eq(0), yaddr.eq(ins.y_addr), gw.eq(1),
-                                     wcount.eq(0), olane.eq(0), outw.eq(0), ax.eq(0),
+                        # (tc, tr: the next word of each input)
+                        m.d.sync += [tc.eq(ins.x_addr), tr.eq(ins.x2_addr)]
+                        m.d.sync += [vec.eq(1), vi.eq(0), vdone.eq(ins.k == 0),
+                                     yaddr.eq(ins.y_addr), gw.eq(1), ystep.eq(1),
+                                     wcount.eq(0), wcl.eq(1), olane.eq(0),
+                                     ol.eq(lanes_y == 1), outw.eq(0), ax.eq(0),
                                      ax2.eq(0), ax3.eq(0), ax_data.eq(0), ax_data2.eq(0),
                                      afull.eq(0), vact.eq(0)]
                         m.next = "ADD_RUN"
                 pools = [op for op in (Op.MAXPOOL, Op.AVGPOOL) if op in self.ops]
                 if pools:
                     with m.Case(*pools):
-                        m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), wcount.eq(0),
-                                     olane.eq(0), outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
+                        m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), ystep.eq(1),
+                                     wcount.eq(0), wcl.eq(1), olane.eq(0),
+                                     ol.eq(lanes_y == 1), jl.eq(ins.xcw == 1),
+                                     cl.eq(ins.kw == 1), rl.eq(ins.kh == 1),
+                                     outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
                                      c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
                                      ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
-                                     tc.eq(ins.org)]
+                                     tc.eq(ins.org), oxl.eq(ins.ow == 1),
+                                     oyl.eq(ins.oh == 1)]
                         m.next = "POOL_TAP"
                 with m.Default():
                     m.next = "NEXT"
             with m.State("GROUP"):
-                m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0),
-                             gw.eq(Mux(g == ins.groups - 1, ins.lwords, ins.gwords)),
-                             yaddr.eq(ins.y_addr + ybase), owrd.eq(0), olane.eq(0),
-                             wcount.eq(0),
-                             outw.eq(0), ochan.eq(0), lmore.eq(1)]
+                words = Mux(gl, ins.lwords, ins.gwords)
+                m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0), gw.eq(words),
+                             ystep.eq(ins.ycw - words + 1),
+                             yaddr.eq(ins.y_addr + ybase), owrd.eq(0), omore.eq(1),
+                             olane.eq(0), ol.eq(lanes_y == 1), wcount.eq(0),
+                             wcl.eq(words == 1), outw.eq(0), ochan.eq(0), ocl.eq(gsz == 1),
+                             lmore.eq(1), kl.eq(ins.k == 1), lwl.eq(ins.k == 1),
+                             lfl.eq(ins.fold == 1)]
                 m.next = "LOADW"
             with m.State("LOADW"):
                 # read word (lp, lk) of the group's kernels; write it to PE lp's buffer a
@@ -590,21 +635,23 @@ class ArrayCore(wiring.Component):
                 with m.If(issue):
                     m.d.comb += [r_en.eq(1), r_addr.eq(wptr)]
                     m.d.sync += wptr.eq(wptr + 1)
-                    pe_done = lk == ins.k - 1
+                    # (kl, lwl, lfl: lk == k - 1, lw == k - 1, lf == fold - 1)
+                    pe_done = kl
                     if F > 1:
-                        pe_done = (lw == ins.k - 1) & (lf == ins.fold - 1)
-                        with m.If(lf == ins.fold - 1):
-                            m.d.sync += [lf.eq(0), lw.eq(lw + 1)]
+                        pe_done = lwl & lfl
+                        with m.If(lfl):
+                            m.d.sync += [lf.eq(0), lfl.eq(ins.fold == 1), lw.eq(lw + 1),
+                                         lwl.eq(lw == ins.k - 2)]
                         with m.Else():
-                            m.d.sync += lf.eq(lf + 1)
+                            m.d.sync += [lf.eq(lf + 1), lfl.eq(lf == ins.fold - 2)]
                         with m.If(pe_done):
-                            m.d.sync += lw.eq(0)
+                            m.d.sync += [lw.eq(0), lwl.eq(ins.k == 1)]
                     with m.If(pe_done):
-                        m.d.sync += [lk.eq(0), lp.eq(lp + 1),
+                        m.d.sync += [lk.eq(0), kl.eq(ins.k == 1), lp.eq(lp + 1),
                                      lmore.eq((lp + 1 < gsz) & (lp + 1 < P) if F > 1
                                               else lp + 1 < gsz)]
                     with m.Else():
-                        m.d.sync += lk.eq(lk + 1)
+                        m.d.sync += [lk.eq(lk + 1), kl.eq(lk == ins.k - 2)]
                 # (the word's data comes two cycles after its read: its PE and address wait
                 # in two stages, the second with the PE's write enable decoded)
                 wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal.like(lk)
@@ -635,9 +682,12 @@ class ArrayCore(wiring.Component):
                     m.d.sync += [jl.eq(ins.tapw == 1), cl.eq(ins.kw == 1), rl.eq(ins.kh == 1)]
                     if F > 1:
                         m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
+                    # (a depthwise group's first channel word, cwb, is in every address)
+                    org = ins.org + cwb
                     m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
-                                 iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(ins.org),
-                                 pa.eq(ins.org), tr.eq(ins.org), tc.eq(ins.org)]
+                                 iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
+                                 pa.eq(org), tr.eq(org), tc.eq(org),
+                                 oxl.eq(ins.ow == 1), oyl.eq(ins.oh == 1)]
                     m.next = "PIXELS"
             with m.State("PIXELS"):
                 last_word = Signal()
@@ -647,9 +697,9 @@ class ArrayCore(wiring.Component):
                 # a write takes the memory this cycle; a pixel's last word waits until the
                 # requantizer has read every shadow register of the pixel before
                 hold = Signal()
-                m.d.comb += [hold.eq(wq | (last_word & ((rq_left != 0) | in_flight))),
+                m.d.comb += [hold.eq(wq | (last_word & rq_wait)),
                              write_now.eq(wq)]
-                m.d.comb += r_addr.eq(tc + cwb + j)  # (read only when issued, inside)
+                m.d.comb += r_addr.eq(tc + j)  # (read only when issued, inside)
                 with m.If(~hold):
                     m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
                                  iss_in.eq(inside), iss_ph.eq(ph), iss_rep.eq(fi != 0)]
@@ -685,11 +735,12 @@ class ArrayCore(wiring.Component):
                                     next_pixel("DRAIN", None)
             with m.State("DRAIN"):
                 m.d.comb += write_now.eq(wq)
-                with m.If(~rq_busy):
-                    with m.If(g == ins.groups - 1):
+                with m.If(rq_idle):
+                    with m.If(gl):
                         m.next = "NEXT"
                     with m.Else():
-                        m.d.sync += [g.eq(g + 1), ybase.eq(ybase + ins.gwords),
+                        m.d.sync += [g.eq(g + 1), gl.eq(g == ins.groups - 2),
+                                     ybase.eq(ybase + ins.gwords),
                                      cwb.eq(cwb + Mux(ins.flags & Flag.DEPTHWISE, ins.tapw,
                                                       0))]
                         m.next = "GROUP"
@@ -704,36 +755,39 @@ class ArrayCore(wiring.Component):
                     m.d.comb += write_now.eq(wq)
                     m.d.sync += [ax_data.eq(0), ax_data2.eq(ax_data), ax3.eq(ax2)]
                     take = Signal()
-                    m.d.comb += take.eq(afull & (~vact | (vk == lanes_y - 1)))
+                    m.d.comb += take.eq(afull & (~vact | vkl))
                     with m.If(vact):
                         m.d.comb += [
                             vq_valid.eq(1),
                             vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off), ins.align)
                                         + aligned(lane_value(vb, vk, ins.x2_mode, x2_off),
                                                   ins.align2))]
-                        m.d.sync += vk.eq(vk + 1)
-                        with m.If(vk == lanes_y - 1):
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        with m.If(vkl):
                             m.d.sync += vact.eq(0)
                     with m.If(take):
-                        m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vact.eq(1), afull.eq(0)]
+                        m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vkl.eq(lanes_y == 1),
+                                     vact.eq(1), afull.eq(0)]
                     with m.If(~wq):
-                        with m.If((vi != ins.k) & ~ax & ~ax2 & ~ax3 & (~afull | take)):
-                            m.d.comb += [r_en.eq(1), r_addr.eq(ins.x_addr + vi)]
+                        with m.If(~vdone & ~ax & ~ax2 & ~ax3 & (~afull | take)):
+                            m.d.comb += [r_en.eq(1), r_addr.eq(tc)]
                             m.d.sync += [ax.eq(1), ax_data.eq(1)]
                         with m.Elif(ax):
-                            m.d.comb += [r_en.eq(1), r_addr.eq(ins.x2_addr + vi)]
-                            m.d.sync += [ax.eq(0), ax2.eq(1), vi.eq(vi + 1)]
+                            m.d.comb += [r_en.eq(1), r_addr.eq(tr)]
+                            m.d.sync += [ax.eq(0), ax2.eq(1), vi.eq(vi + 1),
+                                         vdone.eq(vi == ins.k - 1), tc.eq(tc + 1),
+                                         tr.eq(tr + 1)]
                     with m.If(ax_data2):  # the first input's word, read two cycles ago
                         m.d.sync += na.eq(rd.data)
                     with m.If(ax2):
                         m.d.sync += ax2.eq(0)
                     with m.If(ax3):  # the second's
                         m.d.sync += [nb.eq(rd.data), afull.eq(1)]
-                    with m.If((vi == ins.k) & ~ax & ~ax2 & ~ax3 & ~afull & ~vact):
+                    with m.If(vdone & ~ax & ~ax2 & ~ax3 & ~afull & ~vact):
                         m.next = "ADD_WAIT"
                 with m.State("ADD_WAIT"):
                     m.d.comb += write_now.eq(wq)
-                    with m.If(~rq_busy):
+                    with m.If(rq_idle):
                         m.next = "NEXT"
             if pools:
                 # ---- pools: per output pixel and channel word, one cycle per window tap (a read
@@ -746,20 +800,22 @@ class ArrayCore(wiring.Component):
                     m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
                     with m.If(inside):
                         m.d.sync += first_tap.eq(0)
-                    with m.If(c != ins.kw - 1):
-                        m.d.sync += [c.eq(c + 1), tc.eq(tc + ins.xcw)]
+                    with m.If(~cl):
+                        m.d.sync += [c.eq(c + 1), cl.eq(c == ins.kw - 2), tc.eq(tc + ins.xcw)]
                     with m.Else():
-                        m.d.sync += c.eq(0)
-                        with m.If(r != ins.kh - 1):
-                            m.d.sync += [r.eq(r + 1), tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
+                        m.d.sync += [c.eq(0), cl.eq(ins.kw == 1)]
+                        with m.If(~rl):
+                            m.d.sync += [r.eq(r + 1), rl.eq(r == ins.kh - 2),
+                                         tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                         with m.Else():
-                            m.d.sync += [r.eq(0), tr.eq(pa), tc.eq(pa)]
+                            m.d.sync += [r.eq(0), rl.eq(ins.kh == 1), tr.eq(pa), tc.eq(pa)]
                             m.next = "POOL_GAP"
                 with m.State("POOL_GAP"):  # the last tap's data on its way
                     m.d.sync += pv.eq(0)
                     m.next = "POOL_LAST"
                 with m.State("POOL_LAST"):
-                    m.d.sync += [pv.eq(0), vk.eq(0), mi.eq(0), first_tap.eq(1)]
+                    m.d.sync += [pv.eq(0), vk.eq(0), vkl.eq(lanes_y == 1), mi.eq(0),
+                                 mil.eq(ins.rk == 0), first_tap.eq(1)]
                     if has_avg and has_max:
                         with m.If(ins.op == Op.AVGPOOL):
                             m.next = "POOL_MUL"
@@ -782,35 +838,35 @@ class ArrayCore(wiring.Component):
                             m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
                         with m.Else():
                             m.d.sync += mp.eq((mp + Mux(rm_bit, mt, 0)) >> 1)
-                        m.d.sync += mi.eq(mi + 1)
-                        with m.If(mi == ins.rk):
-                            m.d.sync += mi.eq(0)
+                        m.d.sync += [mi.eq(mi + 1), mil.eq(mi == ins.rk - 1)]
+                        with m.If(mil):
+                            m.d.sync += [mi.eq(0), mil.eq(ins.rk == 0)]
                             m.next = "POOL_DIV"
                     with m.State("POOL_DIV"):
                         m.d.comb += [vq_valid.eq(1), vq_value.eq(mp.as_signed() - ins.rbig)]
-                        m.d.sync += vk.eq(vk + 1)
-                        with m.If(vk == lanes_y - 1):
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        with m.If(vkl):
                             m.next = "POOL_WAIT"
                         with m.Else():
                             m.next = "POOL_MUL"
                 if has_max:
                     with m.State("POOL_LANES"):
                         m.d.comb += [vq_valid.eq(1), vq_value.eq(lane_acc_sel)]
-                        m.d.sync += vk.eq(vk + 1)
-                        with m.If(vk == lanes_y - 1):
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        with m.If(vkl):
                             m.next = "POOL_WAIT"
                 with m.State("POOL_WAIT"):
                     m.d.comb += write_now.eq(wq)
-                    with m.If(~rq_busy):
+                    with m.If(rq_idle):
                         # next channel word, pixel, row
-                        with m.If(j != ins.xcw - 1):
-                            m.d.sync += j.eq(j + 1)
+                        with m.If(~jl):
+                            m.d.sync += [j.eq(j + 1), jl.eq(j == ins.xcw - 2)]
                             m.next = "POOL_TAP"
                         with m.Else():
-                            m.d.sync += j.eq(0)
+                            m.d.sync += [j.eq(0), jl.eq(ins.xcw == 1)]
                             next_pixel("NEXT", "POOL_TAP")
             with m.State("NEXT"):
-                m.d.sync += [pc.eq(pc + WORDS), cnt.eq(0), vec.eq(0)]
+                m.d.sync += [cnt.eq(0), vec.eq(0)]
                 m.next = "FETCH"
         return m
 

@@ -206,7 +206,8 @@ class HostLink(wiring.Component):
         # written in one place, so it has one next-value multiplexer rather than one per state.
         ev_start = Signal()  # a SYNC byte outside a frame: a frame begins
         ev_header = Signal()  # a header byte
-        ev_decide = Signal()  # the header is complete: check it
+        ev_check = Signal()  # the header is complete: check it
+        ev_decide = Signal()  # ... and act on the check
         ev_payload = Signal()  # a payload byte
         ev_fill = Signal()  # a zero byte in place of a missing code
         ev_crc_lo = Signal()  # the CRC's first byte
@@ -222,7 +223,9 @@ class HostLink(wiring.Component):
         crc, crc_next = Signal(16), Signal(16)
         crc_lo_ok = Signal()  # the CRC's first byte matched (compared as it arrived)
         m.d.comb += crc_next.eq(crc16_next(crc, byte))
-        crc_ok = crc_lo_ok & (byte == crc[8:])  # at ev_finish
+        # the CRC's second byte is compared as it arrives and the frame finishes a cycle
+        # later (FINISH) from the registered result: nothing decides on a compare of the byte
+        crc_ok = Signal()  # at ev_finish
         dup, herr, fwd_infer, fwd_load = Signal(), Signal(3), Signal(), Signal()
         with m.If(ev_start):
             m.d.sync += [hidx.eq(0), crc.eq(INIT), seq.eq(0), cmd.eq(0), length.eq(0),
@@ -242,6 +245,9 @@ class HostLink(wiring.Component):
             m.d.sync += crc.eq(crc_next)
         with m.If(ev_crc_lo):
             m.d.sync += [crc_lo_ok.eq(byte == crc[:8]), hidx.eq(1)]
+        ev_crc_hi = Signal()  # the CRC's second byte (the frame finishes next cycle)
+        with m.If(ev_crc_hi):
+            m.d.sync += crc_ok.eq(crc_lo_ok & (byte == crc[8:]))
         with m.If(ev_decide):
             m.d.sync += [left.eq(length), hidx.eq(0)]
         with m.Elif(ev_payload | ev_fill):
@@ -267,7 +273,7 @@ class HostLink(wiring.Component):
         load_begin = ev_finish & crc_ok & ~dup & (herr == 0) & (cmd == Cmd.LOAD_BEGIN)
         # the loader's byte leaves from registers (the engine's decode stays off its paths)
         m.d.sync += [self.load.payload.eq(byte), self.load.valid.eq(ev_payload & fwd_load)]
-        m.d.comb += self.load_restart.eq(load_begin)
+        m.d.sync += self.load_restart.eq(load_begin)  # (registered: off the engine's paths)
         with m.If(self.load.valid):
             m.d.sync += load_count.eq(load_count + 1)
         with m.If(((ev_finish & ~crc_ok) | ev_timeout) & fwd_load):
@@ -348,9 +354,13 @@ class HostLink(wiring.Component):
             m.d.comb += check.eq(ErrorCode.NOT_LOADED)
         with m.Elif((cmd == Cmd.INFER) & ~weights_ok):
             m.d.comb += check.eq(ErrorCode.NOT_LOADED)
-        use = ~is_dup & (check == 0)
+        # (computed in CHECK, the cycle after the header's last byte, and used in DECIDE)
+        check_r, dup_r = Signal(3), Signal()
+        with m.If(ev_check):
+            m.d.sync += [check_r.eq(check), dup_r.eq(is_dup)]
+        use = ~dup_r & (check_r == 0)
         with m.If(ev_decide):
-            m.d.sync += [dup.eq(is_dup), herr.eq(check),
+            m.d.sync += [dup.eq(dup_r), herr.eq(check_r),
                          fwd_infer.eq(use & (cmd == Cmd.INFER)),
                          fwd_load.eq(use & (cmd == Cmd.LOAD_DATA))]
 
@@ -386,11 +396,12 @@ class HostLink(wiring.Component):
         timer = Signal(max(self.timeout_cycles, self.stall_cycles - 1).bit_length() + 1)
         progress = ((self.rx.valid & self.rx.ready) | got | beat_in | self.acc_o.valid
                     | (self.tx.valid & self.tx.ready) | ev_timeout | ev_abandon)
+        late = Signal()  # timer >= timeout_cycles, kept with the timer (no compare after it)
         with m.If(progress):
-            m.d.sync += timer.eq(0)
+            m.d.sync += [timer.eq(0), late.eq(0)]
         with m.Elif(~timer[-1]):
-            m.d.sync += timer.eq(timer + 1)
-        host_gone = (timer >= self.timeout_cycles) & ~have & ~fifo.o.valid & ~beat_valid
+            m.d.sync += [timer.eq(timer + 1), late.eq(timer >= self.timeout_cycles - 1)]
+        host_gone = late & ~have & ~fifo.o.valid & ~beat_valid
         stalled = timer[-1]
 
         # -- response bytes ------------------------------------------------------------------
@@ -414,7 +425,23 @@ class HostLink(wiring.Component):
                       2 * self.layer_words)
         p = Signal(range(longest + 1))
         tcrc, tcrc_next = Signal(16), Signal(16)
-        m.d.comb += tcrc_next.eq(crc16_next(tcrc, self.tx.payload))
+        # the byte on `tx` leaves from a register: the engine offers out_byte (out_valid) and
+        # it is taken (`sent`) when the register is empty, so the response's multiplexers
+        # stay off the UART's paths and the UART's ready off the engine's; the CRC takes the
+        # byte from the register a cycle later (the register stays full longer than that)
+        out_valid, out_byte, out_crc = Signal(), Signal(8), Signal()
+        tx_full, tx_crc = Signal(), Signal()
+        tx_byte = Signal(8)
+        sent = out_valid & ~tx_full
+        m.d.comb += [self.tx.valid.eq(tx_full), self.tx.payload.eq(tx_byte)]
+        with m.If(sent):
+            m.d.sync += [tx_full.eq(1), tx_byte.eq(out_byte)]
+        with m.Elif(self.tx.ready):
+            m.d.sync += tx_full.eq(0)
+        m.d.sync += tx_crc.eq(sent & out_crc)
+        m.d.comb += tcrc_next.eq(crc16_next(tcrc, tx_byte))
+        with m.If(tx_crc):
+            m.d.sync += tcrc.eq(tcrc_next)
         lbeat = Signal(range(fo.beats))
         llane = Signal(range(fo.lanes))
         lbyte = Signal(range(bpl))
@@ -429,26 +456,43 @@ class HostLink(wiring.Component):
         counters = Cat(self.acc_images, self.acc_latency,
                        *(Cat(c, Const(0, 32 - cb)) for c in (frames_ok, crc_errors, timeouts,
                                                              rx_errors)))
+        # the payload byte at p: each response's byte is selected into a register of its own
+        # (from p, a cycle later), then the command's register into pay
+        def byte_at(name: str, words: list) -> Signal:
+            at, reg = Signal(8, name=f"{name}_at"), Signal(8, name=f"{name}_byte")
+            _select(m, at, p, words)
+            m.d.sync += reg.eq(at)
+            return reg
+
+        ping_b = byte_at("ping", _bytes_of(_const_bytes(PING_PAYLOAD)))
+        info_b = byte_at("info", _bytes_of(_const_bytes(self.info.pack())))
+        counters_b = byte_at("counters", _bytes_of(counters))
+        layers_b, err_b, infer_b, infer_at = Signal(8), Signal(8), Signal(8), Signal(8)
+        # (LAYERS: word p // 2 of the counters, whose memory answers a cycle after p)
+        m.d.sync += [layers_b.eq(Mux(p[0], self.acc_cnt_data[8:], self.acc_cnt_data[:8])),
+                     err_b.eq(Mux(p == 0, r_err, r_cmd)), infer_b.eq(infer_at)]
+        with m.Switch(p):
+            with m.Case(0):
+                m.d.comb += infer_at.eq(cls_reg)
+            for k, b in enumerate(_bytes_of(lat_reg)):
+                with m.Case(logit_end + k):
+                    m.d.comb += infer_at.eq(b)
+            with m.Default():
+                m.d.comb += infer_at.eq(logit_byte)
         pay = Signal(8)
         with m.If(is_err):
-            m.d.comb += pay.eq(Mux(p == 0, r_err, r_cmd))
+            m.d.comb += pay.eq(err_b)
         with m.Else(), m.Switch(r_cmd):
             with m.Case(Cmd.PING):
-                _select(m, pay, p, _bytes_of(_const_bytes(PING_PAYLOAD)))
+                m.d.comb += pay.eq(ping_b)
             with m.Case(Cmd.INFO):
-                _select(m, pay, p, _bytes_of(_const_bytes(self.info.pack())))
+                m.d.comb += pay.eq(info_b)
             with m.Case(Cmd.COUNTERS):
-                _select(m, pay, p, _bytes_of(counters))
-            with m.Case(Cmd.LAYERS):  # word p // 2 of the counters, read a cycle ahead
-                m.d.comb += pay.eq(Mux(p[0], self.acc_cnt_data[8:], self.acc_cnt_data[:8]))
-            with m.Case(Cmd.INFER), m.Switch(p):
-                with m.Case(0):
-                    m.d.comb += pay.eq(cls_reg)
-                for k, b in enumerate(_bytes_of(lat_reg)):
-                    with m.Case(logit_end + k):
-                        m.d.comb += pay.eq(b)
-                with m.Default():
-                    m.d.comb += pay.eq(logit_byte)
+                m.d.comb += pay.eq(counters_b)
+            with m.Case(Cmd.LAYERS):
+                m.d.comb += pay.eq(layers_b)
+            with m.Case(Cmd.INFER):
+                m.d.comb += pay.eq(infer_b)
         head = Signal(8)
         with m.Switch(sidx):
             with m.Case(0):
@@ -461,12 +505,19 @@ class HostLink(wiring.Component):
                 m.d.comb += head.eq(resp_len[:8])
             with m.Case(4):
                 m.d.comb += head.eq(resp_len[8:])
-        sent = self.tx.valid & self.tx.ready
-        # the counters' memory answers a cycle after its address: a byte of LAYERS goes out
-        # only once its word has been addressed for a cycle
         m.d.comb += self.acc_cnt_addr.eq(p >> 1)
+        # a payload byte leaves from a register too (pay_r, pay a cycle before), once p has
+        # held for three cycles (the counters' word or the response's byte register, pay_r,
+        # then the byte is complete): each byte waits for the UART anyway
+        pay_r = Signal(8)
+        held = Signal(2)  # cycles since p last moved, up to 3
         settled = Signal()
-        m.d.sync += settled.eq(~sent)
+        m.d.comb += settled.eq(held == 3)
+        m.d.sync += pay_r.eq(pay)
+        with m.If(sent):
+            m.d.sync += held.eq(0)
+        with m.Elif(~settled):
+            m.d.sync += held.eq(held + 1)
 
         # -- the engine ----------------------------------------------------------------------
         def on_timeout() -> None:
@@ -491,9 +542,12 @@ class HostLink(wiring.Component):
                 with m.If(have):
                     m.d.comb += ev_header.eq(1)
                     with m.If(hidx == 3):
-                        m.next = "DECIDE"
+                        m.next = "CHECK"
                 with m.Elif(host_gone):
                     on_timeout()
+            with m.State("CHECK"):
+                m.d.comb += ev_check.eq(1)
+                m.next = "DECIDE"
             with m.State("DECIDE"):
                 m.d.comb += ev_decide.eq(1)
                 with m.If(length == 0):
@@ -516,15 +570,18 @@ class HostLink(wiring.Component):
                     with m.If(hidx == 0):
                         m.d.comb += ev_crc_lo.eq(1)
                     with m.Else():
-                        m.d.comb += ev_finish.eq(1)
-                        with m.If(fwd_infer):  # kept or discarded, the image runs to its end
-                            m.next = "WAIT"
-                        with m.Else():
-                            m.next = "SEND_HEAD"
+                        m.d.comb += ev_crc_hi.eq(1)
+                        m.next = "FINISH"
                 with m.Elif(stalled):
                     on_stall()
                 with m.Elif(host_gone):
                     on_timeout()
+            with m.State("FINISH"):
+                m.d.comb += ev_finish.eq(1)
+                with m.If(fwd_infer):  # kept or discarded, the image runs to its end
+                    m.next = "WAIT"
+                with m.Else():
+                    m.next = "SEND_HEAD"
             with m.State("FILL"):  # complete a truncated image with zero codes
                 with m.If(stalled):
                     on_stall()
@@ -538,11 +595,9 @@ class HostLink(wiring.Component):
                 with m.Elif(stalled):
                     on_stall()
             with m.State("SEND_HEAD"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(head)]
+                m.d.comb += [out_valid.eq(1), out_byte.eq(head), out_crc.eq(sidx != 0)]
                 with m.If(sent):
                     m.d.sync += sidx.eq(sidx + 1)
-                    with m.If(sidx != 0):
-                        m.d.sync += tcrc.eq(tcrc_next)
                     with m.If(sidx == 4):
                         m.d.sync += sidx.eq(0)
                         with m.If(resp_len == 0):
@@ -552,10 +607,9 @@ class HostLink(wiring.Component):
                 with m.Elif(stalled):
                     m.next = "IDLE"
             with m.State("SEND_PAY"):
-                m.d.comb += [self.tx.valid.eq(settled | is_err | (r_cmd != Cmd.LAYERS)),
-                             self.tx.payload.eq(pay)]
+                m.d.comb += [out_valid.eq(settled), out_byte.eq(pay_r), out_crc.eq(1)]
                 with m.If(sent):
-                    m.d.sync += [tcrc.eq(tcrc_next), p.eq(p + 1)]
+                    m.d.sync += p.eq(p + 1)
                     with m.If(~is_err & (r_cmd == Cmd.INFER) & (p != 0) & (p < logit_end)):
                         with m.If(lbyte == bpl - 1):
                             m.d.sync += lbyte.eq(0)
@@ -570,8 +624,7 @@ class HostLink(wiring.Component):
                 with m.Elif(stalled):
                     m.next = "IDLE"
             with m.State("SEND_CRC"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(sidx[0], tcrc[8:], tcrc[:8]))]
+                m.d.comb += [out_valid.eq(1), out_byte.eq(Mux(sidx[0], tcrc[8:], tcrc[:8]))]
                 with m.If(sent):
                     m.d.sync += sidx.eq(sidx + 1)
                     with m.If(sidx[0]):
