@@ -40,6 +40,10 @@ from amaranth.lib import data
 from accelgen.errors import ShapeError
 
 WORD_BITS = 16
+# a read of the array's memory delivers its word this many cycles after the address: the
+# memory's requests are registered before it and its read data after it (on the UP5K the
+# SPRAMs sit in the die's corners and their routes alone take 5 to 7 ns each way)
+MEM_LATENCY = 3
 
 
 class Op(enum.IntEnum):

@@ -12,15 +12,15 @@ keeps, per layer):
 
 * **CONV** (``G`` groups of ``g`` output channels, ``fold`` of them per PE, ``K`` words per
   channel's kernel, one activation word broadcast to every PE per cycle): per group, a
-  cycle, the PE weight buffers loaded (``g * K`` reads, + 3 cycles) and the group's
-  parameters (``4 * g`` reads, + 3); then per output pixel ``K * c16 * fold`` issue cycles
+  cycle, the PE weight buffers loaded (``g * K`` reads, + L + 1 cycles, L the memory's
+  latency `MEM_LATENCY`) and the group's parameters (``4 * g`` reads, + L + 1); then per output pixel ``K * c16 * fold`` issue cycles
   (``c16`` = `ArrayConfig.word16_cycles` in 16-bit and 4-bit modes, else 1; a read for each
   word of a tap inside the input, at its first issue), except that a
   cycle in which a result word is written issues nothing and a pixel's last word waits until
   the requantizer has taken the previous pixel (`_pixel_timeline`); then the requantizer
   drains.
 * **MAXPOOL / AVGPOOL**, per output pixel and channel word: a cycle per window tap (a read
-  where it is inside the input), two more, then per lane a cycle (an average: ``rk`` + 2,
+  where it is inside the input), L more, then per lane a cycle (an average: ``rk`` + 2,
   its division by the reciprocal multiplied bit by bit, ``rk`` steps), and
   `VECTOR_DRAIN` cycles until the word is written.
 * **ADD**: a word's two reads overlap the previous word's lanes, one lane a cycle through the
@@ -48,12 +48,12 @@ from accelgen.array.compiler import (
     to_words,
     unpack,
 )
-from accelgen.array.isa import WORDS, Flag, Instr, Mode, Op, decode
+from accelgen.array.isa import MEM_LATENCY, WORDS, Flag, Instr, Mode, Op, decode
 from accelgen.errors import AccelgenError
 from accelgen.ir import window_output_size
 
-# a read's data comes two cycles after its address (the memory's requests are registered)
-FETCH = WORDS + 4  # reading an instruction's words, decoding and dispatching it
+L = MEM_LATENCY  # a read's word comes L cycles after its address
+FETCH = WORDS + L + 2  # reading an instruction's words, decoding and dispatching it
 VECTOR_DRAIN = 5  # a vector operation's last lane through the requantizer and written
 
 
@@ -99,8 +99,9 @@ def _pixel_timeline(pixels: int, kc: int, gsz: int, ly: int, gw: int) -> int:
 
     The issue stage sends `kc` words a pixel, one a cycle, except in cycles where a result
     word is written; a pixel's last word waits until the requantizer has taken the previous
-    pixel's channels (5 + `gsz` cycles after that pixel's last word). A pixel's output word
-    ``w`` is written ``9 + (w + 1) * ly - 1`` cycles after its last word, `gw` of them."""
+    pixel's channels (3 + L + `gsz` cycles after that pixel's last word, L the memory's
+    latency). A pixel's output word ``w`` is written ``7 + L + (w + 1) * ly - 1`` cycles after
+    its last word, `gw` of them."""
     writes: deque[int] = deque()
     t = 0
     last = -(1 << 30)
@@ -116,32 +117,33 @@ def _pixel_timeline(pixels: int, kc: int, gsz: int, ly: int, gw: int) -> int:
             run = min(n, (writes[0] - t) if writes else n)
             t += run
             n -= run
-        t = max(t, last + 5 + gsz)
+        t = max(t, last + 3 + L + gsz)
         while writes and writes[0] <= t:
             if writes.popleft() == t:
                 t += 1
         last = t
         t += 1
-        writes.extend(last + 9 + (w + 1) * ly - 1 for w in range(gw))
+        writes.extend(last + 7 + L + (w + 1) * ly - 1 for w in range(gw))
     final_write = gw * ly == gsz
-    return last + 1 + 8 + gsz + int(final_write)
+    return last + 1 + 6 + L + gsz + int(final_write)
 
 
 def _add_timeline(words: int, lanes: int) -> int:
     """Cycles of an ADD's ADD_RUN and ADD_WAIT states (``ArrayCore``), cycle by cycle: a
     fetcher reads a word's first input, then its second (each when no result word is being
-    written: writes go first), into a buffer, where the pair lands two cycles after the
+    written: writes go first), into a buffer, where the pair lands L cycles after the
     second read; the first read of a pair is issued only when the buffer is empty or being
     emptied and no other pair is on its way; the lane unit takes the buffer's pair on its last
     lane (or when idle) and sends a lane a cycle to the requantizer, whose word is written 4
     cycles after its last lane. ADD_WAIT ends when the requantizer is empty (5 cycles after the
     last lane)."""
-    fi, ax, ax2, ax3, afull, vact, vk = 0, False, False, False, False, False, 0
+    fi, ax, afull, vact, vk = 0, False, False, False, 0
+    bq = [False] * L  # the second read's data on its way
     writes: set[int] = set()
     last_lane = -1
     c = 0
     while True:
-        if fi == words and not (ax or ax2 or ax3 or afull or vact):
+        if fi == words and not (ax or any(bq) or afull or vact):
             return max(c + 1, last_lane + 5) + 1
         wq = c in writes
         take = afull and (not vact or vk == lanes - 1)
@@ -154,15 +156,16 @@ def _add_timeline(words: int, lanes: int) -> int:
                 writes.add(c + 4)
         if take:
             n_vact, n_vk, n_afull = True, 0, False
-        n_ax2 = False
+        n_b0 = False
         if not wq:
-            if fi != words and not ax and not ax2 and not ax3 and (not afull or take):
+            if fi != words and not ax and not any(bq) and (not afull or take):
                 n_ax = True
             elif ax:
-                n_ax, n_ax2, fi = False, True, fi + 1
-        if ax3:
+                n_ax, n_b0, fi = False, True, fi + 1
+        if bq[-1]:
             n_afull = True
-        ax, ax2, ax3, afull, vact, vk = n_ax, n_ax2, ax2, n_afull, n_vact, n_vk
+        ax, afull, vact, vk = n_ax, n_afull, n_vact, n_vk
+        bq = [n_b0, *bq[:-1]]
         c += 1
 
 
@@ -186,7 +189,7 @@ def cost(program: Program) -> list[LayerCost]:
                 gw = ins.lwords if gi == ins.groups - 1 else ins.gwords
                 reads += g * k + PARAM_WORDS * g + inside
                 writes += pixels * gw
-                cycles += 1 + (g * k + 3) + (PARAM_WORDS * g + 3)
+                cycles += 1 + (g * k + L + 1) + (PARAM_WORDS * g + L + 1)
                 cycles += _pixel_timeline(pixels, k * per_word, g, y.lanes, gw)
             lanes = Mode(ins.mode).lanes
             capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes != 2 else 1)
@@ -197,7 +200,7 @@ def cost(program: Program) -> list[LayerCost]:
             reads = WORDS + taps * x.channel_words
             words = pixels * y.channel_words
             per_lane = 1 if ins.op == Op.MAXPOOL else ins.rk + 2
-            per_word = ins.kh * ins.kw + 2 + per_lane * y.lanes + VECTOR_DRAIN
+            per_word = ins.kh * ins.kw + L + per_lane * y.lanes + VECTOR_DRAIN
             out.append(LayerCost(lc.layer, Op(ins.op).name.lower(),
                                  FETCH + 1 + words * per_word, reads, words, 0, 0))
         elif ins.op == Op.ADD:

@@ -23,7 +23,7 @@ link, the board top and the host driver serve both templates unchanged.
 An input beat is taken a cycle; the core runs while no beat is taken (the host link holds the
 next frame's codes back until the response is out). Writes to the core's memory are
 registered here and again in the core: they land two cycles after their byte or beat; a word
-read back comes three cycles after its address is set.
+read back comes `MEM_LATENCY` + 1 cycles after its address is set.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from accelgen.accelerator import accelerator_ports
 from accelgen.array.compiler import Program
+from accelgen.array.isa import MEM_LATENCY
 from accelgen.array.machine import totals
 from accelgen.cores.pe_array import ArrayCore
 from accelgen.cores.pool import ArgMax
@@ -159,6 +160,7 @@ class ArrayAccelerator(wiring.Component):
         m.d.comb += [core.ext_addr.eq(Mux(w_we, w_addr, ext_addr)), core.ext_wdata.eq(w_data),
                      core.ext_we.eq(w_we)]
 
+        wait = Signal(range(MEM_LATENCY))
         with m.FSM():
             with m.State("INPUT"):
                 m.d.comb += self.i.ready.eq(self.loaded)
@@ -180,12 +182,15 @@ class ArrayAccelerator(wiring.Component):
                 m.d.sync += [self.latency.eq(core.cycles), o_word.eq(0), o_lane.eq(0),
                              o_chan.eq(0), o_pix.eq(0)]
                 m.next = "READ"
-            with m.State("READ"):  # the word's address is on the port; its data two cycles
-                m.d.comb += ext_addr.eq(out.addr + o_word)  # later (the core registers it)
+            with m.State("READ"):  # the word's address is on the port; its data comes
+                m.d.comb += ext_addr.eq(out.addr + o_word)  # MEM_LATENCY cycles later
+                m.d.sync += wait.eq(0)
                 m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += ext_addr.eq(out.addr + o_word)
-                m.next = "HOLD"
+                m.d.sync += wait.eq(wait + 1)
+                with m.If(wait == MEM_LATENCY - 2):
+                    m.next = "HOLD"
             with m.State("HOLD"):
                 m.d.comb += ext_addr.eq(out.addr + o_word)
                 m.d.sync += o_data.eq(core.ext_rdata)

@@ -66,7 +66,7 @@ from accelgen.array.compiler import (
     PARAM_WORDS,
     ArrayConfig,
 )
-from accelgen.array.isa import FIELDS, LAYOUT, WORDS, Flag, Mode, Op
+from accelgen.array.isa import FIELDS, LAYOUT, MEM_LATENCY, WORDS, Flag, Mode, Op
 from accelgen.cores.pe import LATENCY, MultiModePE, by_mode
 from accelgen.errors import ShapeError
 
@@ -182,10 +182,10 @@ class ArrayCore(wiring.Component):
         P = cfg.pes
         F = self.folds  # accumulators per PE: a group is up to F * P channels
         # the memory: one port whose requests (address, enable, write data) are registered
-        # before they reach it, so a read's data comes two cycles after its
-        # address and a write lands a cycle after its request (reads and writes keep their
-        # order). On an iCE40 board it is SPRAM (no initial value: the host loads the
-        # program), whose inputs are then fed by flip-flops alone (`SinglePortRam`'s
+        # before it and whose read data after it, so a read's data comes `MEM_LATENCY` (3)
+        # cycles after its address and a write lands a cycle after its request (reads and
+        # writes keep their order). On an iCE40 board it is SPRAM (no initial value: the
+        # host loads the program), whose pins then see flip-flops alone (`SinglePortRam`'s
         # ``registered``); elsewhere block RAM, initialised with `image`
         rd = _PortView(None)
         wr = _PortView(None)
@@ -203,8 +203,9 @@ class ArrayCore(wiring.Component):
             mwr = mem.write_port()
             m.d.sync += [mrd.addr.eq(rd.addr), mrd.en.eq(rd.en), mwr.addr.eq(wr.addr),
                          mwr.en.eq(wr.en), mwr.data.eq(wr.data)]
-            m.d.comb += rd.data.eq(mrd.data)
+            m.d.sync += rd.data.eq(mrd.data)
         m.d.comb += self.ext_rdata.eq(rd.data)
+        L = MEM_LATENCY
 
         pes = []
         wbufs = []
@@ -237,7 +238,7 @@ class ArrayCore(wiring.Component):
         iwords = [Signal(16, name=f"iword{k}") for k in range(WORDS)]
         ins = _Fields(LAYOUT(Cat(*iwords)[:LAYOUT.size]), self.fields)
         pc = Signal(self.abits)
-        cnt = Signal(range(max(WORDS + 1, PARAM_WORDS * F * P) + 2))  # the current step's counter
+        cnt = Signal(range(max(WORDS + MEM_LATENCY, PARAM_WORDS * F * P) + 2))  # the current step's counter
 
         # ---------------------------------------------------------------- memory access
         # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
@@ -265,6 +266,21 @@ class ArrayCore(wiring.Component):
         modes = sorted(self.modes)
         m.d.comb += lanes_y.eq(by_mode(ins.y_mode, {k: k.lanes for k in modes}))
         fb = self.fields  # (the counters are as wide as the fields they count to)
+        # each loop's bound minus one and minus two, and whether it is 1, registered when the
+        # instruction is decoded: a last-value flag compares its counter with a register
+        # (no subtractor in front of the comparison)
+        loop_fields = ("tapw", "xcw", "kw", "kh", "ow", "oh", "k", "fold", "groups", "gsz",
+                       "rk")
+        bound = {f: getattr(ins, f) for f in loop_fields}
+        bound["lanes"] = lanes_y
+        minus1 = {f: Signal(signed(len(v) + 2), name=f"{f}_m1") for f, v in bound.items()}
+        minus2 = {f: Signal(signed(len(v) + 2), name=f"{f}_m2") for f, v in bound.items()}
+        is1 = {f: Signal(name=f"{f}_is1") for f in bound}
+        decoded = Signal()  # (the DECODE state)
+        with m.If(decoded):
+            m.d.sync += [minus1[f].eq(v - 1) for f, v in bound.items()]
+            m.d.sync += [minus2[f].eq(v - 2) for f, v in bound.items()]
+            m.d.sync += [is1[f].eq(v == 1) for f, v in bound.items()]
         g = Signal(fb["groups"])  # group
         gl = Signal()  # g at its last value
         gw = Signal(max(fb["gwords"], fb["lwords"], 1))  # output words of this group
@@ -312,34 +328,37 @@ class ArrayCore(wiring.Component):
         iss_in = Signal()
         iss_ph = Signal()
         iss_rep = Signal()  # the word is the one issued before, for the PEs' next channel
-        # two stages: the memory's read is under way in the first (the PEs' weight buffers
-        # are read in it, at the word's kernel index `kidx1`), its data arrives in the second,
-        # which feeds the PEs
-        v1, first1, last1, in1, ph1 = Signal(), Signal(), Signal(), Signal(), Signal()
-        rep1 = Signal()
+        # L stages (L = MEM_LATENCY): the memory's read is under way in the first L - 1 (the
+        # PEs' weight buffers are read in stage L - 1, at the word's kernel index), its data
+        # arrives in stage L, which feeds the PEs
         kcount = Signal(range(cfg.wbuf_words + 1))  # the issued word's index in the kernel
-        kidx1 = Signal.like(kcount)
-        m.d.sync += [v1.eq(iss), first1.eq(iss_first), last1.eq(iss_last), in1.eq(iss_in),
-                     ph1.eq(iss_ph), rep1.eq(iss_rep), kidx1.eq(kcount)]
-        v2, first2, last2, in2, ph2 = Signal(), Signal(), Signal(), Signal(), Signal()
-        rep2 = Signal()
-        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), in2.eq(in1),
-                     ph2.eq(ph1), rep2.eq(rep1)]
+        stages = [{"v": iss, "first": iss_first, "last": iss_last, "inside": iss_in,
+                   "ph": iss_ph, "rep": iss_rep, "kidx": kcount}]
+        for k in range(1, L + 1):
+            st = {n: Signal.like(v, name=f"{n}{k}") for n, v in stages[-1].items()
+                  if n != "kidx" or k < L}
+            m.d.sync += [st[n].eq(stages[-1][n]) for n in st]
+            stages.append(st)
+        sw = stages[L]  # the stage whose word arrives
         abuf = Signal(16)  # the word of phase 0 (and fold 0), held for phase 1 (the folds)
         a_word = Signal(16)
-        m.d.comb += a_word.eq(Mux(ph2 | rep2, abuf, Mux(in2, rd.data, ins.pad)))
-        with m.If(v2 & ~ph2 & ~rep2):
+        m.d.comb += a_word.eq(Mux(sw["ph"] | sw["rep"], abuf,
+                                  Mux(sw["inside"], rd.data, ins.pad)))
+        with m.If(sw["v"] & ~sw["ph"] & ~sw["rep"]):
             m.d.sync += abuf.eq(a_word)
         for p, pe in enumerate(pes):
             rport, _ = wbufs[p]
-            m.d.comb += [rport.addr.eq(kidx1), rport.en.eq(v1)]
+            m.d.comb += [rport.addr.eq(stages[L - 1]["kidx"]), rport.en.eq(stages[L - 1]["v"])]
             m.d.comb += [pe.a.eq(a_word), pe.w.eq(rport.data), pe.mode.eq(ins.mode),
-                         pe.phase.eq(ph2), pe.valid.eq(v2), pe.clear.eq(first2 & ~ph2)]
+                         pe.phase.eq(sw["ph"]), pe.valid.eq(sw["v"]),
+                         pe.clear.eq(sw["first"] & ~sw["ph"])]
             if F > 1:
                 m.d.comb += pe.fold.eq(ins.fold)
+        # a pixel's last word in each issue stage
+        last_in = [stages[k]["last"] & stages[k]["v"] for k in range(1, L + 1)]
         # the pixel's last word reaches the accumulators LATENCY cycles after it entered
         last_pipe = [Signal(name=f"last_d{k}") for k in range(LATENCY + 1)]
-        m.d.sync += last_pipe[0].eq(last2 & v2)
+        m.d.sync += last_pipe[0].eq(last_in[-1])
         for k in range(LATENCY):
             m.d.sync += last_pipe[k + 1].eq(last_pipe[k])
         capture = Signal()
@@ -433,6 +452,7 @@ class ArrayCore(wiring.Component):
         # (flags kept with their counters, so no comparison lies on the requantizer's
         # enables: olane == lanes_y - 1, ochan == gsz - 1, owrd < gw, wcount == gw - 1)
         ol, ocl, omore, wcl = Signal(), Signal(), Signal(), Signal()
+        gw_m2, gw_is1 = Signal(signed(len(gw) + 2)), Signal()  # gw - 2, gw == 1 (set with gw)
         m.d.comb += word_ready.eq(r3 & ol & (vec | omore))
         with m.If(word_ready):
             m.d.sync += [wq.eq(1), wq_data.eq(placed)]
@@ -441,56 +461,63 @@ class ArrayCore(wiring.Component):
         with m.If(write_now):
             m.d.comb += [w_en.eq(1), w_addr.eq(yaddr), w_data.eq(wq_data)]
             with m.If(wcl):
-                m.d.sync += [wcount.eq(0), wcl.eq(gw == 1), yaddr.eq(yaddr + ystep)]
+                m.d.sync += [wcount.eq(0), wcl.eq(gw_is1), yaddr.eq(yaddr + ystep)]
             with m.Else():
-                m.d.sync += [wcount.eq(wcount + 1), wcl.eq(wcount == gw - 2),
+                m.d.sync += [wcount.eq(wcount + 1), wcl.eq(wcount == gw_m2),
                              yaddr.eq(yaddr + 1)]
         with m.If(r3):
             with m.If(ol):
-                m.d.sync += [olane.eq(0), ol.eq(lanes_y == 1), outw.eq(0)]
+                m.d.sync += [olane.eq(0), ol.eq(is1["lanes"]), outw.eq(0)]
             with m.Else():
-                m.d.sync += [olane.eq(olane + 1), ol.eq(olane == lanes_y - 2),
+                m.d.sync += [olane.eq(olane + 1), ol.eq(olane == minus2["lanes"]),
                              outw.eq(placed)]
             with m.If(ocl):
-                m.d.sync += [ochan.eq(0), ocl.eq(gsz == 1)]
+                m.d.sync += [ochan.eq(0), ocl.eq(is1["gsz"])]
             with m.Else():
-                m.d.sync += [ochan.eq(ochan + 1), ocl.eq(ochan == gsz - 2)]
+                m.d.sync += [ochan.eq(ochan + 1), ocl.eq(ochan == minus2["gsz"])]
             with m.If(ol):
                 with m.If(ocl):
                     m.d.sync += [owrd.eq(0), omore.eq(1)]
                 with m.Else():
                     m.d.sync += [owrd.eq(owrd + 1), omore.eq(owrd + 1 < gw)]
         in_flight = Signal()  # a pixel's last word on its way to the shadow registers
-        m.d.comb += in_flight.eq((last1 & v1) | (last2 & v2) | last_pipe[0] | capture)
+        m.d.comb += in_flight.eq(Cat(*last_in).any() | last_pipe[0] | capture)
         # rq_wait == (rq_left != 0) | in_flight, kept as a register computed from the next
         # values of its parts, so the issue stage's hold is a few gates deep
         rq_wait = Signal()
         nz_next = Signal()  # rq_left != 0 next cycle
         m.d.comb += nz_next.eq(Mux(capture, gsz != 0, rq_left > 1))
-        m.d.sync += rq_wait.eq(nz_next | (iss & iss_last) | (last1 & v1) | (last2 & v2)
+        m.d.sync += rq_wait.eq(nz_next | (iss & iss_last) | Cat(*last_in).any()
                                | last_pipe[LATENCY - 2])
         # rq_idle: nothing in the requantizer or on its way to it (r0 | r1 | r2 | r3 | wq |
-        # capture | last_pipe[0] | v1 | v2 all low), in the states that wait for it (they
+        # capture | last_pipe[0] | any stage's v all low), in the states that wait for it (they
         # feed it no lane: vq_valid low), kept the same way: the next values of those parts
         # (capture is last_pipe[LATENCY - 1], LATENCY >= 2)
         rq_idle = Signal()
         m.d.sync += rq_idle.eq(~(nz_next | r0 | r1 | r2 | word_ready | (wq & ~write_now)
-                                 | last_pipe[LATENCY - 2] | (last2 & v2) | v1 | iss))
+                                 | last_pipe[LATENCY - 2] | last_in[-1] | iss
+                                 | Cat(*(stages[k]["v"] for k in range(1, L))).any()))
 
         # ---------------------------------------------------------------- vector unit
         vi = Signal(fb["k"])  # ADD: words whose reads are issued
         va, vb = Signal(16), Signal(16)  # ADD: the lane unit's words
         na, nb = Signal(16), Signal(16)  # ADD: the next pair, read ahead
         # ADD: first input read; second input read (then its data on its way, then arriving)
-        ax, ax2, ax3 = Signal(), Signal(), Signal()
-        ax_data, ax_data2 = Signal(), Signal()  # ADD: first input's read, data arriving
+        # (bq: the second read's L cycles until its data, ad: the first's)
+        ax = Signal()
+        bq = [Signal(name=f"ax_b{k}") for k in range(L)]
+        ad = [Signal(name=f"ax_a{k}") for k in range(L)]
+        b_on_way = Cat(*bq).any()
         afull, vact = Signal(), Signal()  # ADD: na/nb hold a pair; the lane unit has one
         vk = Signal(3)  # lane
         vkl = Signal()  # vk == lanes_y - 1
         vdone = Signal()  # ADD: vi == k (every word's reads issued)
         # a pool tap's word read / is the window's first; (2) its data arrives
-        pv, pfirst, pv2, pfirst2 = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [pv2.eq(pv), pfirst2.eq(pfirst)]
+        pv, pfirst = Signal(), Signal()
+        pv_d = [pv] + [Signal(name=f"pv{k}") for k in range(1, L)]
+        pfirst_d = [pfirst] + [Signal(name=f"pfirst{k}") for k in range(1, L)]
+        m.d.sync += [pv_d[k + 1].eq(pv_d[k]) for k in range(L - 1)]
+        m.d.sync += [pfirst_d[k + 1].eq(pfirst_d[k]) for k in range(L - 1)]
         first_tap = Signal(init=1)
         lanes_max = max(k.lanes for k in modes)
         lane_acc = [Signal(signed(LANE_BITS), name=f"lane_acc{k}") for k in range(lanes_max)]
@@ -518,8 +545,8 @@ class ArrayCore(wiring.Component):
             val = lane_value(rd.data, Const(k, 3), ins.mode, x_off)
             larger = Mux(val > lane_acc[k], val, lane_acc[k])
             total = lane_acc[k] + val
-            with m.If(pv2):
-                with m.If(pfirst2):
+            with m.If(pv_d[L - 1]):
+                with m.If(pfirst_d[L - 1]):
                     m.d.sync += lane_acc[k].eq(val)
                 with m.Else():
                     m.d.sync += lane_acc[k].eq(
@@ -543,14 +570,14 @@ class ArrayCore(wiring.Component):
             with m.If(~oxl):
                 m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw), pa.eq(pa + ins.scw),
                              tr.eq(pa + ins.scw), tc.eq(pa + ins.scw),
-                             oxl.eq(ox == ins.ow - 2)]
+                             oxl.eq(ox == minus2["ow"])]
                 if otherwise:
                     m.next = otherwise
             with m.Else():
                 m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
                              ra.eq(ra + ins.srow), pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
-                             tc.eq(ra + ins.srow), oxl.eq(ins.ow == 1),
-                             oyl.eq(oy == ins.oh - 2)]
+                             tc.eq(ra + ins.srow), oxl.eq(is1["ow"]),
+                             oyl.eq(oy == minus2["oh"])]
                 with m.If(oyl):
                     m.next = after_last
                 if otherwise:
@@ -572,18 +599,19 @@ class ArrayCore(wiring.Component):
                 with m.If(cnt < WORDS):  # (pc: the next word to fetch)
                     m.d.comb += [r_en.eq(1), r_addr.eq(pc)]
                     m.d.sync += pc.eq(pc + 1)
-                for k in range(WORDS):  # (word k's data comes two cycles after its read)
-                    with m.If(cnt == k + 2):
+                for k in range(WORDS):  # (word k's data comes L cycles after its read)
+                    with m.If(cnt == k + L):
                         m.d.sync += iwords[k].eq(rd.data)
                 m.d.sync += cnt.eq(cnt + 1)
-                with m.If(cnt == WORDS + 1):
+                with m.If(cnt == WORDS + L - 1):
                     m.next = "DECODE"
             with m.State("DECODE"):
+                m.d.comb += decoded.eq(1)
                 m.d.sync += cnt.eq(0)
                 m.next = "DISPATCH"
             with m.State("DISPATCH"), m.Switch(ins.op):
                 with m.Case(Op.CONV):
-                    m.d.sync += [g.eq(0), gl.eq(ins.groups == 1), wptr.eq(ins.w_addr),
+                    m.d.sync += [g.eq(0), gl.eq(is1["groups"]), wptr.eq(ins.w_addr),
                                  pptr.eq(ins.p_addr), cwb.eq(0), ybase.eq(0)]
                     m.next = "GROUP"
                 with m.Case(Op.END):
@@ -594,36 +622,39 @@ class ArrayCore(wiring.Component):
                         # (tc, tr: the next word of each input)
                         m.d.sync += [tc.eq(ins.x_addr), tr.eq(ins.x2_addr)]
                         m.d.sync += [vec.eq(1), vi.eq(0), vdone.eq(ins.k == 0),
-                                     yaddr.eq(ins.y_addr), gw.eq(1), ystep.eq(1),
+                                     yaddr.eq(ins.y_addr), gw.eq(1), gw_m2.eq(-1),
+                                     gw_is1.eq(1), ystep.eq(1),
                                      wcount.eq(0), wcl.eq(1), olane.eq(0),
-                                     ol.eq(lanes_y == 1), outw.eq(0), ax.eq(0),
-                                     ax2.eq(0), ax3.eq(0), ax_data.eq(0), ax_data2.eq(0),
+                                     ol.eq(is1["lanes"]), outw.eq(0), ax.eq(0),
+                                     *(b.eq(0) for b in bq), *(a.eq(0) for a in ad),
                                      afull.eq(0), vact.eq(0)]
                         m.next = "ADD_RUN"
                 pools = [op for op in (Op.MAXPOOL, Op.AVGPOOL) if op in self.ops]
                 if pools:
                     with m.Case(*pools):
-                        m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), ystep.eq(1),
+                        m.d.sync += [vec.eq(1), yaddr.eq(ins.y_addr), gw.eq(1), gw_m2.eq(-1),
+                                     gw_is1.eq(1), ystep.eq(1),
                                      wcount.eq(0), wcl.eq(1), olane.eq(0),
-                                     ol.eq(lanes_y == 1), jl.eq(ins.xcw == 1),
-                                     cl.eq(ins.kw == 1), rl.eq(ins.kh == 1),
+                                     ol.eq(is1["lanes"]), jl.eq(is1["xcw"]),
+                                     cl.eq(is1["kw"]), rl.eq(is1["kh"]),
                                      outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
                                      c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
                                      ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
-                                     tc.eq(ins.org), oxl.eq(ins.ow == 1),
-                                     oyl.eq(ins.oh == 1)]
+                                     tc.eq(ins.org), oxl.eq(is1["ow"]),
+                                     oyl.eq(is1["oh"])]
                         m.next = "POOL_TAP"
                 with m.Default():
                     m.next = "NEXT"
             with m.State("GROUP"):
                 words = Mux(gl, ins.lwords, ins.gwords)
                 m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0), gw.eq(words),
+                             gw_m2.eq(words - 2), gw_is1.eq(words == 1),
                              ystep.eq(ins.ycw - words + 1),
                              yaddr.eq(ins.y_addr + ybase), owrd.eq(0), omore.eq(1),
-                             olane.eq(0), ol.eq(lanes_y == 1), wcount.eq(0),
-                             wcl.eq(words == 1), outw.eq(0), ochan.eq(0), ocl.eq(gsz == 1),
-                             lmore.eq(1), kl.eq(ins.k == 1), lwl.eq(ins.k == 1),
-                             lfl.eq(ins.fold == 1)]
+                             olane.eq(0), ol.eq(is1["lanes"]), wcount.eq(0),
+                             wcl.eq(words == 1), outw.eq(0), ochan.eq(0), ocl.eq(is1["gsz"]),
+                             lmore.eq(1), kl.eq(is1["k"]), lwl.eq(is1["k"]),
+                             lfl.eq(is1["fold"])]
                 m.next = "LOADW"
             with m.State("LOADW"):
                 # read word (lp, lk) of the group's kernels; write it to PE lp's buffer a
@@ -640,30 +671,35 @@ class ArrayCore(wiring.Component):
                     if F > 1:
                         pe_done = lwl & lfl
                         with m.If(lfl):
-                            m.d.sync += [lf.eq(0), lfl.eq(ins.fold == 1), lw.eq(lw + 1),
-                                         lwl.eq(lw == ins.k - 2)]
+                            m.d.sync += [lf.eq(0), lfl.eq(is1["fold"]), lw.eq(lw + 1),
+                                         lwl.eq(lw == minus2["k"])]
                         with m.Else():
-                            m.d.sync += [lf.eq(lf + 1), lfl.eq(lf == ins.fold - 2)]
+                            m.d.sync += [lf.eq(lf + 1), lfl.eq(lf == minus2["fold"])]
                         with m.If(pe_done):
-                            m.d.sync += [lw.eq(0), lwl.eq(ins.k == 1)]
+                            m.d.sync += [lw.eq(0), lwl.eq(is1["k"])]
                     with m.If(pe_done):
-                        m.d.sync += [lk.eq(0), kl.eq(ins.k == 1), lp.eq(lp + 1),
+                        m.d.sync += [lk.eq(0), kl.eq(is1["k"]), lp.eq(lp + 1),
                                      lmore.eq((lp + 1 < gsz) & (lp + 1 < P) if F > 1
                                               else lp + 1 < gsz)]
                     with m.Else():
-                        m.d.sync += [lk.eq(lk + 1), kl.eq(lk == ins.k - 2)]
-                # (the word's data comes two cycles after its read: its PE and address wait
-                # in two stages, the second with the PE's write enable decoded)
-                wl_v, wl_p, wl_k = Signal(), Signal(range(P + 1)), Signal.like(lk)
-                wl2_v, wl2_sel, wl2_k = Signal(), Signal(P), Signal.like(lk)
-                m.d.sync += [wl_v.eq(issue), wl_p.eq(lp), wl_k.eq(lk), wl2_v.eq(wl_v),
-                             wl2_sel.eq(Cat(wl_v & (wl_p == p) for p in range(P))),
-                             wl2_k.eq(wl_k)]
+                        m.d.sync += [lk.eq(lk + 1), kl.eq(lk == minus2["k"])]
+                # (the word's data comes L cycles after its read: its PE and address wait in
+                # L stages, the last with the PE's write enable decoded)
+                wl_v = [Signal(name=f"wl{k}_v") for k in range(L)]
+                wl_p = [Signal(range(P + 1), name=f"wl{k}_p") for k in range(L - 1)]
+                wl_k = [Signal.like(lk, name=f"wl{k}_k") for k in range(L)]
+                wl_sel = Signal(P)
+                m.d.sync += [wl_v[0].eq(issue), wl_p[0].eq(lp), wl_k[0].eq(lk),
+                             wl_sel.eq(Cat(wl_v[L - 2] & (wl_p[L - 2] == p) for p in range(P)))]
+                for k in range(L - 1):
+                    m.d.sync += [wl_v[k + 1].eq(wl_v[k]), wl_k[k + 1].eq(wl_k[k])]
+                    if k + 1 < L - 1:
+                        m.d.sync += wl_p[k + 1].eq(wl_p[k])
                 for p in range(P):
                     _, wport = wbufs[p]
-                    m.d.comb += [wport.addr.eq(wl2_k), wport.data.eq(rd.data),
-                                 wport.en.eq(wl2_sel[p])]
-                with m.If(~issue & ~wl_v & ~wl2_v):
+                    m.d.comb += [wport.addr.eq(wl_k[L - 1]), wport.data.eq(rd.data),
+                                 wport.en.eq(wl_sel[p])]
+                with m.If(~issue & ~Cat(*wl_v).any()):
                     m.d.sync += [cnt.eq(0), lp.eq(0), pmore.eq(1)]
                     m.next = "LOADP"
             with m.State("LOADP"):
@@ -673,21 +709,23 @@ class ArrayCore(wiring.Component):
                     m.d.comb += [r_en.eq(1), r_addr.eq(pptr)]
                     m.d.sync += [pptr.eq(pptr + 1), cnt.eq(cnt + 1),
                                  pmore.eq(cnt + 1 < gsz * PARAM_WORDS)]
-                pl_v, pl_n = Signal(), Signal.like(cnt)
-                pl2_v, pl2_n = Signal(), Signal.like(cnt)
-                m.d.sync += [pl_v.eq(issue), pl_n.eq(cnt), pl2_v.eq(pl_v), pl2_n.eq(pl_n)]
-                m.d.comb += [pwr.addr.eq(pl2_n >> 2), pwr.data.eq(rd.data.replicate(4)),
-                             pwr.en.eq(Mux(pl2_v, Const(1, 4) << pl2_n[:2], 0))]
-                with m.If(~issue & ~pl_v & ~pl2_v):
-                    m.d.sync += [jl.eq(ins.tapw == 1), cl.eq(ins.kw == 1), rl.eq(ins.kh == 1)]
+                pl_v = [Signal(name=f"pl{k}_v") for k in range(L)]
+                pl_n = [Signal.like(cnt, name=f"pl{k}_n") for k in range(L)]
+                m.d.sync += [pl_v[0].eq(issue), pl_n[0].eq(cnt)]
+                m.d.sync += [pl_v[k + 1].eq(pl_v[k]) for k in range(L - 1)]
+                m.d.sync += [pl_n[k + 1].eq(pl_n[k]) for k in range(L - 1)]
+                m.d.comb += [pwr.addr.eq(pl_n[L - 1] >> 2), pwr.data.eq(rd.data.replicate(4)),
+                             pwr.en.eq(Mux(pl_v[L - 1], Const(1, 4) << pl_n[L - 1][:2], 0))]
+                with m.If(~issue & ~Cat(*pl_v).any()):
+                    m.d.sync += [jl.eq(is1["tapw"]), cl.eq(is1["kw"]), rl.eq(is1["kh"])]
                     if F > 1:
-                        m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
+                        m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
                     # (a depthwise group's first channel word, cwb, is in every address)
                     org = ins.org + cwb
                     m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
                                  iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
                                  pa.eq(org), tr.eq(org), tc.eq(org),
-                                 oxl.eq(ins.ow == 1), oyl.eq(ins.oh == 1)]
+                                 oxl.eq(is1["ow"]), oyl.eq(is1["oh"])]
                     m.next = "PIXELS"
             with m.State("PIXELS"):
                 last_word = Signal()
@@ -710,28 +748,28 @@ class ArrayCore(wiring.Component):
                     if F > 1:
                         with m.Elif(~fl):  # the same word again, for the PEs' next channel
                             m.d.sync += [kcount.eq(kcount + 1), fi.eq(fi + 1),
-                                         fl.eq(fi == ins.fold - 2)]
+                                         fl.eq(fi == minus2["fold"])]
                     with m.Else():
                         m.d.sync += ph.eq(0)
                         m.d.sync += kcount.eq(Mux(last_word, 0, kcount + 1))
                         if F > 1:
-                            m.d.sync += [fi.eq(0), fl.eq(ins.fold == 1)]
+                            m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
                         # (jl, cl, rl: j, c, r at their last value, kept with them so no
                         # comparison lies between the counters and the memory's address)
                         with m.If(~jl):
-                            m.d.sync += [j.eq(j + 1), jl.eq(j == ins.tapw - 2)]
+                            m.d.sync += [j.eq(j + 1), jl.eq(j == minus2["tapw"])]
                         with m.Else():
-                            m.d.sync += [j.eq(0), jl.eq(ins.tapw == 1)]
+                            m.d.sync += [j.eq(0), jl.eq(is1["tapw"])]
                             with m.If(~cl):
-                                m.d.sync += [c.eq(c + 1), cl.eq(c == ins.kw - 2),
+                                m.d.sync += [c.eq(c + 1), cl.eq(c == minus2["kw"]),
                                              tc.eq(tc + ins.xcw)]
                             with m.Else():
-                                m.d.sync += [c.eq(0), cl.eq(ins.kw == 1)]
+                                m.d.sync += [c.eq(0), cl.eq(is1["kw"])]
                                 with m.If(~rl):
-                                    m.d.sync += [r.eq(r + 1), rl.eq(r == ins.kh - 2),
+                                    m.d.sync += [r.eq(r + 1), rl.eq(r == minus2["kh"]),
                                                  tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                                 with m.Else():
-                                    m.d.sync += [r.eq(0), rl.eq(ins.kh == 1)]
+                                    m.d.sync += [r.eq(0), rl.eq(is1["kh"])]
                                     next_pixel("DRAIN", None)
             with m.State("DRAIN"):
                 m.d.comb += write_now.eq(wq)
@@ -739,7 +777,7 @@ class ArrayCore(wiring.Component):
                     with m.If(gl):
                         m.next = "NEXT"
                     with m.Else():
-                        m.d.sync += [g.eq(g + 1), gl.eq(g == ins.groups - 2),
+                        m.d.sync += [g.eq(g + 1), gl.eq(g == minus2["groups"]),
                                      ybase.eq(ybase + ins.gwords),
                                      cwb.eq(cwb + Mux(ins.flags & Flag.DEPTHWISE, ins.tapw,
                                                       0))]
@@ -753,7 +791,9 @@ class ArrayCore(wiring.Component):
                 # cycle and no other pair is on its way
                 with m.State("ADD_RUN"):
                     m.d.comb += write_now.eq(wq)
-                    m.d.sync += [ax_data.eq(0), ax_data2.eq(ax_data), ax3.eq(ax2)]
+                    m.d.sync += [ad[0].eq(0), bq[0].eq(0)]
+                    m.d.sync += [ad[k + 1].eq(ad[k]) for k in range(L - 1)]
+                    m.d.sync += [bq[k + 1].eq(bq[k]) for k in range(L - 1)]
                     take = Signal()
                     m.d.comb += take.eq(afull & (~vact | vkl))
                     with m.If(vact):
@@ -762,28 +802,26 @@ class ArrayCore(wiring.Component):
                             vq_value.eq(aligned(lane_value(va, vk, ins.mode, x_off), ins.align)
                                         + aligned(lane_value(vb, vk, ins.x2_mode, x2_off),
                                                   ins.align2))]
-                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == minus2["lanes"])]
                         with m.If(vkl):
                             m.d.sync += vact.eq(0)
                     with m.If(take):
-                        m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vkl.eq(lanes_y == 1),
+                        m.d.sync += [va.eq(na), vb.eq(nb), vk.eq(0), vkl.eq(is1["lanes"]),
                                      vact.eq(1), afull.eq(0)]
                     with m.If(~wq):
-                        with m.If(~vdone & ~ax & ~ax2 & ~ax3 & (~afull | take)):
+                        with m.If(~vdone & ~ax & ~b_on_way & (~afull | take)):
                             m.d.comb += [r_en.eq(1), r_addr.eq(tc)]
-                            m.d.sync += [ax.eq(1), ax_data.eq(1)]
+                            m.d.sync += [ax.eq(1), ad[0].eq(1)]
                         with m.Elif(ax):
                             m.d.comb += [r_en.eq(1), r_addr.eq(tr)]
-                            m.d.sync += [ax.eq(0), ax2.eq(1), vi.eq(vi + 1),
-                                         vdone.eq(vi == ins.k - 1), tc.eq(tc + 1),
+                            m.d.sync += [ax.eq(0), bq[0].eq(1), vi.eq(vi + 1),
+                                         vdone.eq(vi == minus1["k"]), tc.eq(tc + 1),
                                          tr.eq(tr + 1)]
-                    with m.If(ax_data2):  # the first input's word, read two cycles ago
+                    with m.If(ad[L - 1]):  # the first input's word, read L cycles ago
                         m.d.sync += na.eq(rd.data)
-                    with m.If(ax2):
-                        m.d.sync += ax2.eq(0)
-                    with m.If(ax3):  # the second's
+                    with m.If(bq[L - 1]):  # the second's
                         m.d.sync += [nb.eq(rd.data), afull.eq(1)]
-                    with m.If(vdone & ~ax & ~ax2 & ~ax3 & ~afull & ~vact):
+                    with m.If(vdone & ~ax & ~b_on_way & ~afull & ~vact):
                         m.next = "ADD_WAIT"
                 with m.State("ADD_WAIT"):
                     m.d.comb += write_now.eq(wq)
@@ -801,20 +839,22 @@ class ArrayCore(wiring.Component):
                     with m.If(inside):
                         m.d.sync += first_tap.eq(0)
                     with m.If(~cl):
-                        m.d.sync += [c.eq(c + 1), cl.eq(c == ins.kw - 2), tc.eq(tc + ins.xcw)]
+                        m.d.sync += [c.eq(c + 1), cl.eq(c == minus2["kw"]), tc.eq(tc + ins.xcw)]
                     with m.Else():
-                        m.d.sync += [c.eq(0), cl.eq(ins.kw == 1)]
+                        m.d.sync += [c.eq(0), cl.eq(is1["kw"])]
                         with m.If(~rl):
-                            m.d.sync += [r.eq(r + 1), rl.eq(r == ins.kh - 2),
+                            m.d.sync += [r.eq(r + 1), rl.eq(r == minus2["kh"]),
                                          tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                         with m.Else():
-                            m.d.sync += [r.eq(0), rl.eq(ins.kh == 1), tr.eq(pa), tc.eq(pa)]
+                            m.d.sync += [r.eq(0), rl.eq(is1["kh"]), tr.eq(pa), tc.eq(pa)]
+                            m.d.sync += cnt.eq(0)
                             m.next = "POOL_GAP"
-                with m.State("POOL_GAP"):  # the last tap's data on its way
-                    m.d.sync += pv.eq(0)
-                    m.next = "POOL_LAST"
+                with m.State("POOL_GAP"):  # the last tap's data on its way (L - 1 cycles)
+                    m.d.sync += [pv.eq(0), cnt.eq(cnt + 1)]
+                    with m.If(cnt == L - 2):
+                        m.next = "POOL_LAST"
                 with m.State("POOL_LAST"):
-                    m.d.sync += [pv.eq(0), vk.eq(0), vkl.eq(lanes_y == 1), mi.eq(0),
+                    m.d.sync += [pv.eq(0), vk.eq(0), vkl.eq(is1["lanes"]), mi.eq(0),
                                  mil.eq(ins.rk == 0), first_tap.eq(1)]
                     if has_avg and has_max:
                         with m.If(ins.op == Op.AVGPOOL):
@@ -838,13 +878,13 @@ class ArrayCore(wiring.Component):
                             m.d.sync += [mp.eq(0), mt.eq((lane_acc_sel << 1) + ins.rc)]
                         with m.Else():
                             m.d.sync += mp.eq((mp + Mux(rm_bit, mt, 0)) >> 1)
-                        m.d.sync += [mi.eq(mi + 1), mil.eq(mi == ins.rk - 1)]
+                        m.d.sync += [mi.eq(mi + 1), mil.eq(mi == minus1["rk"])]
                         with m.If(mil):
                             m.d.sync += [mi.eq(0), mil.eq(ins.rk == 0)]
                             m.next = "POOL_DIV"
                     with m.State("POOL_DIV"):
                         m.d.comb += [vq_valid.eq(1), vq_value.eq(mp.as_signed() - ins.rbig)]
-                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == minus2["lanes"])]
                         with m.If(vkl):
                             m.next = "POOL_WAIT"
                         with m.Else():
@@ -852,7 +892,7 @@ class ArrayCore(wiring.Component):
                 if has_max:
                     with m.State("POOL_LANES"):
                         m.d.comb += [vq_valid.eq(1), vq_value.eq(lane_acc_sel)]
-                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == lanes_y - 2)]
+                        m.d.sync += [vk.eq(vk + 1), vkl.eq(vk == minus2["lanes"])]
                         with m.If(vkl):
                             m.next = "POOL_WAIT"
                 with m.State("POOL_WAIT"):
@@ -860,10 +900,10 @@ class ArrayCore(wiring.Component):
                     with m.If(rq_idle):
                         # next channel word, pixel, row
                         with m.If(~jl):
-                            m.d.sync += [j.eq(j + 1), jl.eq(j == ins.xcw - 2)]
+                            m.d.sync += [j.eq(j + 1), jl.eq(j == minus2["xcw"])]
                             m.next = "POOL_TAP"
                         with m.Else():
-                            m.d.sync += [j.eq(0), jl.eq(ins.xcw == 1)]
+                            m.d.sync += [j.eq(0), jl.eq(is1["xcw"])]
                             next_pixel("NEXT", "POOL_TAP")
             with m.State("NEXT"):
                 m.d.sync += [cnt.eq(0), vec.eq(0)]

@@ -215,6 +215,12 @@ class HostLink(wiring.Component):
         ev_timeout = Signal()  # the host stopped sending in the middle of a frame
         ev_abandon = Signal()  # no progress for `stall_cycles` while waiting on the hardware
         ev_sent = Signal()  # the last byte of a response went out
+        # a timeout's or an abandoned wait's effects (counters, stored response, the timer's
+        # restart) land a cycle after the event, from these registers: the events come out of
+        # the engine's deepest logic. The engine has moved on by then (to FILL or SEND_HEAD),
+        # and the stale timer is masked in that cycle (`host_gone`, `stalled`)
+        k_timeout, k_abandon = Signal(), Signal()
+        kick = k_timeout | k_abandon
 
         # -- the frame being received ------------------------------------------------------------
         seq, cmd = Signal(8), Signal(8)
@@ -263,7 +269,7 @@ class HostLink(wiring.Component):
             m.d.sync += frames_ok.eq(frames_ok + 1)
         with m.If(ev_finish & ~crc_ok):
             m.d.sync += crc_errors.eq(crc_errors + 1)
-        with m.If(ev_timeout | ev_abandon):
+        with m.If(kick):
             m.d.sync += timeouts.eq(timeouts + 1)
 
         # -- weight loading ------------------------------------------------------------------
@@ -276,7 +282,7 @@ class HostLink(wiring.Component):
         m.d.sync += self.load_restart.eq(load_begin)  # (registered: off the engine's paths)
         with m.If(self.load.valid):
             m.d.sync += load_count.eq(load_count + 1)
-        with m.If(((ev_finish & ~crc_ok) | ev_timeout) & fwd_load):
+        with m.If(((ev_finish & ~crc_ok) | k_timeout) & fwd_load):
             m.d.sync += load_dirty.eq(1)  # a damaged chunk may have reached the loader
         with m.If(load_begin):
             m.d.sync += [load_count.eq(0), load_dirty.eq(0)]
@@ -301,7 +307,7 @@ class HostLink(wiring.Component):
                 m.d.sync += [bib.eq(0), beat_valid.eq(1)]
             with m.Else():
                 m.d.sync += bib.eq(bib + 1)
-        with m.If(ev_abandon):
+        with m.If(k_abandon):
             m.d.sync += [beat_valid.eq(0), bib.eq(0), beat_idx.eq(0)]
 
         # -- results: always accepted; logits into a small memory, class and latency latched ----
@@ -331,7 +337,7 @@ class HostLink(wiring.Component):
             m.d.sync += in_flight.eq(in_flight + 1)
         with m.Elif(image_out & ~image_in):
             m.d.sync += in_flight.eq(in_flight - 1)
-        with m.If(ev_abandon):
+        with m.If(k_abandon):
             m.d.sync += [in_flight.eq(0), got_last.eq(0), got_cls.eq(0), obeat.eq(0)]
 
         # -- the header check ----------------------------------------------------------------
@@ -368,7 +374,7 @@ class HostLink(wiring.Component):
         r_seq, r_cmd, r_err = Signal(8), Signal(8), Signal(3)
         fault, err_shown = Signal(), Signal()
         code = Signal(3)
-        with m.If(ev_timeout | ev_abandon):
+        with m.If(kick):
             m.d.comb += code.eq(ErrorCode.TIMEOUT)
         with m.Elif(~crc_ok):
             m.d.comb += code.eq(ErrorCode.BAD_CRC)
@@ -376,16 +382,16 @@ class HostLink(wiring.Component):
             m.d.comb += code.eq(herr)
         with m.If(ev_finish & crc_ok & dup):
             m.d.sync += [r_seq.eq(l_seq), r_cmd.eq(l_cmd), r_err.eq(l_err)]
-        with m.Elif(ev_finish | ev_timeout | ev_abandon):
+        with m.Elif(ev_finish | kick):
             m.d.sync += [r_seq.eq(seq), r_cmd.eq(cmd), r_err.eq(code)]
         with m.If(ev_finish & crc_ok & ~dup):
             m.d.sync += [l_seq.eq(seq), l_cmd.eq(cmd), l_err.eq(herr), have_last.eq(1)]
         # an image about to overwrite the stored results, or a result nobody waits for,
         # forgets the stored response: a repeat of that request then runs again
         overwrite = ev_decide & use & (cmd == Cmd.INFER)
-        with m.If(overwrite | ev_abandon | (result & (in_flight == 0))):
+        with m.If(overwrite | k_abandon | (result & (in_flight == 0))):
             m.d.sync += have_last.eq(0)
-        with m.If(ev_abandon):
+        with m.If(k_abandon):
             m.d.sync += fault.eq(1)
         with m.If(ev_sent):
             m.d.sync += err_shown.eq(r_err != 0)
@@ -395,14 +401,15 @@ class HostLink(wiring.Component):
         # >= both limits: `stall_cycles` is taken rounded up to a power of two)
         timer = Signal(max(self.timeout_cycles, self.stall_cycles - 1).bit_length() + 1)
         progress = ((self.rx.valid & self.rx.ready) | got | beat_in | self.acc_o.valid
-                    | (self.tx.valid & self.tx.ready) | ev_timeout | ev_abandon)
+                    | (self.tx.valid & self.tx.ready) | kick)
         late = Signal()  # timer >= timeout_cycles, kept with the timer (no compare after it)
         with m.If(progress):
             m.d.sync += [timer.eq(0), late.eq(0)]
         with m.Elif(~timer[-1]):
             m.d.sync += [timer.eq(timer + 1), late.eq(timer >= self.timeout_cycles - 1)]
-        host_gone = late & ~have & ~fifo.o.valid & ~beat_valid
-        stalled = timer[-1]
+        m.d.sync += [k_timeout.eq(ev_timeout), k_abandon.eq(ev_abandon)]
+        host_gone = late & ~kick & ~have & ~fifo.o.valid & ~beat_valid
+        stalled = timer[-1] & ~kick
 
         # -- response bytes ------------------------------------------------------------------
         is_err = r_err != 0
@@ -514,6 +521,8 @@ class HostLink(wiring.Component):
         settled = Signal()
         m.d.comb += settled.eq(held == 3)
         m.d.sync += pay_r.eq(pay)
+        p_last = Signal()  # p + 1 == resp_len (p has held since: `settled`)
+        m.d.sync += p_last.eq(p + 1 == resp_len)
         with m.If(sent):
             m.d.sync += held.eq(0)
         with m.Elif(~settled):
@@ -619,7 +628,7 @@ class HostLink(wiring.Component):
                                 m.d.sync += llane.eq(llane + 1)
                         with m.Else():
                             m.d.sync += lbyte.eq(lbyte + 1)
-                    with m.If(p + 1 == resp_len):
+                    with m.If(p_last):
                         m.next = "SEND_CRC"
                 with m.Elif(stalled):
                     m.next = "IDLE"

@@ -11,10 +11,10 @@ simulation, it is an Amaranth `Memory` with the same behaviour:
   value in a cycle that writes (SPRAM's "no change" read-during-write behaviour).
 
 With ``registered``, ``addr``/``we``/``wdata`` are registered first (and each SPRAM's chip
-select decoded into a register of its own), so nothing but a wire lies between a flip-flop and
-the SPRAM's inputs, which sit in the die's corners (on the UP5K that route alone is about 7 ns):
-a write lands a cycle after ``we``, and ``rdata`` is the word at the address of two cycles
-before.
+select decoded into a register of its own) and the read data (after the bank multiplexer) too,
+so nothing but a wire lies between a flip-flop and the SPRAM's pins, which sit in the die's
+corners (on the UP5K those routes alone take 5 to 7 ns): a write lands a cycle after ``we``,
+and ``rdata`` is the word at the address of three cycles before.
 """
 
 from __future__ import annotations
@@ -61,8 +61,12 @@ class SinglePortRam(wiring.Component):
             m.submodules.mem = mem = Memory(shape=self.width, depth=self.depth, init=[])
             rd = mem.read_port()
             wr = mem.write_port()
-            m.d.comb += [rd.addr.eq(addr), rd.en.eq(~we), self.rdata.eq(rd.data),
-                         wr.addr.eq(addr), wr.data.eq(wdata_in), wr.en.eq(we)]
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(~we), wr.addr.eq(addr),
+                         wr.data.eq(wdata_in), wr.en.eq(we)]
+            if self.registered:
+                m.d.sync += self.rdata.eq(rd.data)
+            else:
+                m.d.comb += self.rdata.eq(rd.data)
             return m
         lanes = -(-self.width // SPRAM_WIDTH)
         banks = -(-self.depth // SPRAM_DEPTH)
@@ -99,5 +103,8 @@ class SinglePortRam(wiring.Component):
         data = outs[0]
         for b in range(1, banks):
             data = Mux(read_bank == b, outs[b], data)
-        m.d.comb += self.rdata.eq(data[: self.width])
+        if self.registered:
+            m.d.sync += self.rdata.eq(data[: self.width])
+        else:
+            m.d.comb += self.rdata.eq(data[: self.width])
         return m

@@ -21,6 +21,7 @@ import numpy as np
 from amaranth.back import rtlil
 
 from accelgen.array.compiler import Program, from_words, to_words
+from accelgen.array.isa import MEM_LATENCY
 from accelgen.cores.pe_array import COUNTER_WORDS, ArrayCore, counter_address, layer_counters
 from accelgen.sim.compiled import (
     CompiledDesign,
@@ -89,7 +90,8 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
     dll.ag_array_run.argtypes = [ctypes.c_void_p, ctypes.c_uint32, u16p, ctypes.c_uint32,
                                  ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32, u16p,
                                  ctypes.POINTER(ctypes.c_uint32), ctypes.c_uint32, u16p,
-                                 ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64)]
+                                 ctypes.c_uint64, ctypes.POINTER(ctypes.c_uint64),
+                                 ctypes.c_uint32]
     dll.ag_array_run.restype = ctypes.c_int
     inp = program.tensors[program.input]
     out = program.tensors[program.output]
@@ -110,7 +112,7 @@ def simulate_array(program: Program, x: np.ndarray, *, family: str | None = None
                               out.addr, out.words, words_out.ctypes.data_as(u16p),
                               counters.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
                               layers * COUNTER_WORDS, layer_words.ctypes.data_as(u16p),
-                              max_cycles, ctypes.byref(sim_cycles))
+                              max_cycles, ctypes.byref(sim_cycles), MEM_LATENCY)
         seconds = time.perf_counter() - t0
     finally:
         dll.ag_array_free(handle)

@@ -60,7 +60,7 @@ void ag_array_load(void *p, const uint16_t *image, uint32_t words) {
 int ag_array_run(void *p, uint32_t n, const uint16_t *inputs, uint32_t in_addr,
                  uint32_t in_words, uint32_t out_addr, uint32_t out_words, uint16_t *outputs,
                  uint32_t *counters, uint32_t layer_words, uint16_t *layer_counters,
-                 uint64_t max_cycles, uint64_t *sim_cycles) {
+                 uint64_t max_cycles, uint64_t *sim_cycles, uint32_t mem_latency) {
   Sim &s = *static_cast<Sim *>(p);
   Vtop &t = s.top;
   for (uint32_t k = 0; k < n; k++) {
@@ -81,8 +81,7 @@ int ag_array_run(void *p, uint32_t n, const uint16_t *inputs, uint32_t in_addr,
     }
     for (uint32_t i = 0; i < out_words; i++) {
       t.ext_addr = out_addr + i;
-      s.tick();  // the core registers the address: the word comes two cycles later
-      s.tick();
+      for (uint32_t c = 0; c < mem_latency; c++) s.tick();  // the word's read latency
       outputs[uint64_t(k) * out_words + i] = uint16_t(t.ext_rdata);
     }
     counters[3 * k + 0] = t.cycles;
