@@ -189,7 +189,8 @@ def cost(program: Program) -> list[LayerCost]:
                 gw = ins.lwords if gi == ins.groups - 1 else ins.gwords
                 reads += g * k + PARAM_WORDS * g + inside
                 writes += pixels * gw
-                cycles += 1 + (g * k + L + 1) + (PARAM_WORDS * g + L + 1)
+                # (and a cycle for the first word into the issue register)
+                cycles += 2 + (g * k + L + 1) + (PARAM_WORDS * g + L + 1)
                 cycles += _pixel_timeline(pixels, k * per_word, g, y.lanes, gw)
             lanes = Mode(ins.mode).lanes
             capacity = cycles * cfg.pes * lanes // (cfg.word16_cycles if lanes != 2 else 1)

@@ -310,6 +310,7 @@ class ArrayCore(wiring.Component):
         # address, never read; one inside is right modulo the size)
         ra = Signal(self.abits)  # address of tap (0, 0) of the current row's first pixel
         pa = Signal(self.abits)  # ... of the current pixel
+        ra_n, pa_n = Signal(self.abits), Signal(self.abits)  # ra + srow, pa + scw (kept so)
         tr = Signal(self.abits)  # ... of tap (r, 0)
         tc = Signal(self.abits)  # ... of tap (r, c)
         iy = Signal(signed(yx_bits))
@@ -319,7 +320,8 @@ class ArrayCore(wiring.Component):
         m.d.comb += inside.eq((iy >= 0) & (iy < ins.h) & (ix >= 0) & (ix < ins.w))
         sixteen2 = Signal()  # each word takes two cycles (iCE40: 16-bit and 4-bit words)
         if cfg.word16_cycles == 2:
-            m.d.comb += sixteen2.eq(by_mode(ins.mode, {k: k.lanes != 2 for k in modes}))
+            with m.If(decoded):
+                m.d.sync += sixteen2.eq(by_mode(ins.mode, {k: k.lanes != 2 for k in modes}))
 
         # issue-stage outputs, delayed to the PEs
         iss = Signal()  # a word is issued this cycle
@@ -328,12 +330,19 @@ class ArrayCore(wiring.Component):
         iss_in = Signal()
         iss_ph = Signal()
         iss_rep = Signal()  # the word is the one issued before, for the PEs' next channel
+        kcount = Signal(range(cfg.wbuf_words + 1))  # the next word's index in the kernel
+        iss_kidx = Signal.like(kcount)  # ... and the issued one's
+        # the issue register (PIXELS): the next word, its address and flags
+        i_v, i_first, i_last, i_in, i_ph, i_rep, i_rd = (
+            Signal(name=f"i_{n}") for n in ("v", "first", "last", "in", "ph", "rep", "rd"))
+        i_kidx = Signal.like(kcount)
+        i_addr = Signal(self.abits)
+        cmore = Signal()  # the counters hold a word of the group not yet in the register
         # L stages (L = MEM_LATENCY): the memory's read is under way in the first L - 1 (the
         # PEs' weight buffers are read in stage L - 1, at the word's kernel index), its data
         # arrives in stage L, which feeds the PEs
-        kcount = Signal(range(cfg.wbuf_words + 1))  # the issued word's index in the kernel
         stages = [{"v": iss, "first": iss_first, "last": iss_last, "inside": iss_in,
-                   "ph": iss_ph, "rep": iss_rep, "kidx": kcount}]
+                   "ph": iss_ph, "rep": iss_rep, "kidx": iss_kidx}]
         for k in range(1, L + 1):
             st = {n: Signal.like(v, name=f"{n}{k}") for n, v in stages[-1].items()
                   if n != "kidx" or k < L}
@@ -513,12 +522,12 @@ class ArrayCore(wiring.Component):
         vkl = Signal()  # vk == lanes_y - 1
         vdone = Signal()  # ADD: vi == k (every word's reads issued)
         # a pool tap's word read / is the window's first; (2) its data arrives
-        pv, pfirst = Signal(), Signal()
+        # (pv: a tap inside the input was read; its data arrives L - 1 cycles later, when the
+        # lane accumulators take it, the window's first such tap as their start: `started`)
+        pv = Signal()
         pv_d = [pv] + [Signal(name=f"pv{k}") for k in range(1, L)]
-        pfirst_d = [pfirst] + [Signal(name=f"pfirst{k}") for k in range(1, L)]
         m.d.sync += [pv_d[k + 1].eq(pv_d[k]) for k in range(L - 1)]
-        m.d.sync += [pfirst_d[k + 1].eq(pfirst_d[k]) for k in range(L - 1)]
-        first_tap = Signal(init=1)
+        started = Signal()  # a tap of this window has reached the accumulators
         lanes_max = max(k.lanes for k in modes)
         lane_acc = [Signal(signed(LANE_BITS), name=f"lane_acc{k}") for k in range(lanes_max)]
         mi = Signal(7)
@@ -546,12 +555,14 @@ class ArrayCore(wiring.Component):
             larger = Mux(val > lane_acc[k], val, lane_acc[k])
             total = lane_acc[k] + val
             with m.If(pv_d[L - 1]):
-                with m.If(pfirst_d[L - 1]):
+                with m.If(~started):
                     m.d.sync += lane_acc[k].eq(val)
                 with m.Else():
                     m.d.sync += lane_acc[k].eq(
                         Mux(ins.op == Op.MAXPOOL, larger, total) if has_max and has_avg
                         else (larger if has_max else total))
+        with m.If(pv_d[L - 1]):  # (POOL_LAST's reset, written later, wins)
+            m.d.sync += started.eq(1)
         lane_acc_sel = Signal(signed(LANE_BITS))
         with m.Switch(vk):
             for k in range(lanes_max):
@@ -564,22 +575,24 @@ class ArrayCore(wiring.Component):
                 return v
             return v << amount[:self.align.bit_length()].as_unsigned()
 
-        def next_pixel(after_last: str, otherwise: str | None) -> None:
+        def next_pixel(after_last: str | None, otherwise: str | None) -> None:
             """Step to the next output pixel (row-major) and its tap addresses; after the last
             pixel go to state `after_last`, else to `otherwise` (None: stay)."""
             with m.If(~oxl):
-                m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw), pa.eq(pa + ins.scw),
-                             tr.eq(pa + ins.scw), tc.eq(pa + ins.scw),
+                m.d.sync += [ox.eq(ox + 1), ix0.eq(ix0 + ins.sw), pa.eq(pa_n),
+                             pa_n.eq(pa_n + ins.scw), tr.eq(pa_n), tc.eq(pa_n),
                              oxl.eq(ox == minus2["ow"])]
                 if otherwise:
                     m.next = otherwise
             with m.Else():
                 m.d.sync += [ox.eq(0), ix0.eq(-ins.pl), oy.eq(oy + 1), iy0.eq(iy0 + ins.sh),
-                             ra.eq(ra + ins.srow), pa.eq(ra + ins.srow), tr.eq(ra + ins.srow),
-                             tc.eq(ra + ins.srow), oxl.eq(is1["ow"]),
+                             ra.eq(ra_n), ra_n.eq(ra_n + ins.srow), pa.eq(ra_n),
+                             pa_n.eq(ra_n + ins.scw), tr.eq(ra_n), tc.eq(ra_n),
+                             oxl.eq(is1["ow"]),
                              oyl.eq(oy == minus2["oh"])]
-                with m.If(oyl):
-                    m.next = after_last
+                if after_last:
+                    with m.If(oyl):
+                        m.next = after_last
                 if otherwise:
                     with m.Else():
                         m.next = otherwise
@@ -640,12 +653,24 @@ class ArrayCore(wiring.Component):
                                      outw.eq(0), oy.eq(0), ox.eq(0), r.eq(0),
                                      c.eq(0), j.eq(0), iy0.eq(-ins.pt), ix0.eq(-ins.pl),
                                      ra.eq(ins.org), pa.eq(ins.org), tr.eq(ins.org),
+                                     ra_n.eq(ins.org + ins.srow), pa_n.eq(ins.org + ins.scw),
                                      tc.eq(ins.org), oxl.eq(is1["ow"]),
                                      oyl.eq(is1["oh"])]
                         m.next = "POOL_TAP"
                 with m.Default():
                     m.next = "NEXT"
             with m.State("GROUP"):
+                # the pixel loop's counters and addresses (unused while the group loads)
+                m.d.sync += [jl.eq(is1["tapw"]), cl.eq(is1["kw"]), rl.eq(is1["kh"])]
+                if F > 1:
+                    m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
+                # (a depthwise group's first channel word, cwb, is in every address)
+                org = ins.org + cwb
+                m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
+                             iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
+                             pa.eq(org), tr.eq(org), tc.eq(org), ra_n.eq(org + ins.srow),
+                             pa_n.eq(org + ins.scw),
+                             oxl.eq(is1["ow"]), oyl.eq(is1["oh"]), i_v.eq(0), cmore.eq(1)]
                 words = Mux(gl, ins.lwords, ins.gwords)
                 m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0), gw.eq(words),
                              gw_m2.eq(words - 2), gw_is1.eq(words == 1),
@@ -717,32 +742,34 @@ class ArrayCore(wiring.Component):
                 m.d.comb += [pwr.addr.eq(pl_n[L - 1] >> 2), pwr.data.eq(rd.data.replicate(4)),
                              pwr.en.eq(Mux(pl_v[L - 1], Const(1, 4) << pl_n[L - 1][:2], 0))]
                 with m.If(~issue & ~Cat(*pl_v).any()):
-                    m.d.sync += [jl.eq(is1["tapw"]), cl.eq(is1["kw"]), rl.eq(is1["kh"])]
-                    if F > 1:
-                        m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
-                    # (a depthwise group's first channel word, cwb, is in every address)
-                    org = ins.org + cwb
-                    m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
-                                 iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
-                                 pa.eq(org), tr.eq(org), tc.eq(org),
-                                 oxl.eq(is1["ow"]), oyl.eq(is1["oh"])]
                     m.next = "PIXELS"
             with m.State("PIXELS"):
+                # the counters describe the next word; it waits in the issue register (i_*,
+                # loaded the cycle before, its address summed and its flags decided there)
+                # until issued, so the hold decision and the memory's request come from
+                # registers. A write takes the memory this cycle; a pixel's last word waits
+                # until the requantizer has read every shadow register of the pixel before
                 last_word = Signal()
                 m.d.comb += last_word.eq(jl & cl & rl & (~sixteen2 | ph) & fl)
                 first_word = Signal()
                 m.d.comb += first_word.eq((j == 0) & (c == 0) & (r == 0) & ~ph)
-                # a write takes the memory this cycle; a pixel's last word waits until the
-                # requantizer has read every shadow register of the pixel before
                 hold = Signal()
-                m.d.comb += [hold.eq(wq | (last_word & rq_wait)),
-                             write_now.eq(wq)]
-                m.d.comb += r_addr.eq(tc + j)  # (read only when issued, inside)
-                with m.If(~hold):
-                    m.d.comb += [iss.eq(1), iss_first.eq(first_word), iss_last.eq(last_word),
-                                 iss_in.eq(inside), iss_ph.eq(ph), iss_rep.eq(fi != 0)]
-                    with m.If(inside & ~ph & (fi == 0)):
-                        m.d.comb += r_en.eq(1)
+                m.d.comb += [hold.eq(wq | (i_last & rq_wait)), write_now.eq(wq)]
+                issue = Signal()
+                m.d.comb += issue.eq(i_v & ~hold)
+                m.d.comb += r_addr.eq(i_addr)  # (read only when issued)
+                with m.If(issue):
+                    m.d.comb += [iss.eq(1), iss_first.eq(i_first), iss_last.eq(i_last),
+                                 iss_in.eq(i_in), iss_ph.eq(i_ph), iss_rep.eq(i_rep),
+                                 iss_kidx.eq(i_kidx), r_en.eq(i_rd)]
+                    m.d.sync += i_v.eq(0)
+                    with m.If(~cmore):
+                        m.next = "DRAIN"
+                with m.If(cmore & (~i_v | ~hold)):  # the counters' word into the register
+                    m.d.sync += [i_v.eq(1), i_first.eq(first_word), i_last.eq(last_word),
+                                 i_in.eq(inside), i_ph.eq(ph), i_rep.eq(fi != 0),
+                                 i_kidx.eq(kcount), i_addr.eq(tc + j),
+                                 i_rd.eq(inside & ~ph & (fi == 0))]
                     with m.If(sixteen2 & ~ph):
                         m.d.sync += ph.eq(1)
                     if F > 1:
@@ -770,7 +797,9 @@ class ArrayCore(wiring.Component):
                                                  tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                                 with m.Else():
                                     m.d.sync += [r.eq(0), rl.eq(is1["kh"])]
-                                    next_pixel("DRAIN", None)
+                                    with m.If(oxl & oyl):  # (the group's last word)
+                                        m.d.sync += cmore.eq(0)
+                                    next_pixel(None, None)
             with m.State("DRAIN"):
                 m.d.comb += write_now.eq(wq)
                 with m.If(rq_idle):
@@ -832,12 +861,11 @@ class ArrayCore(wiring.Component):
                 # where it is inside), then the lanes (an average divided by the reciprocal, bit
                 # by bit) through the requantizer's clamp and code
                 with m.State("POOL_TAP"):
-                    m.d.comb += r_addr.eq(tc + j)
+                    # (tr, tc: tap (r, 0) and (r, c) of the pixel's channel word j)
+                    m.d.comb += r_addr.eq(tc)
                     with m.If(inside):
                         m.d.comb += r_en.eq(1)
-                    m.d.sync += [pv.eq(inside), pfirst.eq(first_tap)]
-                    with m.If(inside):
-                        m.d.sync += first_tap.eq(0)
+                    m.d.sync += pv.eq(inside)
                     with m.If(~cl):
                         m.d.sync += [c.eq(c + 1), cl.eq(c == minus2["kw"]), tc.eq(tc + ins.xcw)]
                     with m.Else():
@@ -846,7 +874,7 @@ class ArrayCore(wiring.Component):
                             m.d.sync += [r.eq(r + 1), rl.eq(r == minus2["kh"]),
                                          tr.eq(tr + ins.row), tc.eq(tr + ins.row)]
                         with m.Else():
-                            m.d.sync += [r.eq(0), rl.eq(is1["kh"]), tr.eq(pa), tc.eq(pa)]
+                            m.d.sync += [r.eq(0), rl.eq(is1["kh"])]
                             m.d.sync += cnt.eq(0)
                             m.next = "POOL_GAP"
                 with m.State("POOL_GAP"):  # the last tap's data on its way (L - 1 cycles)
@@ -855,7 +883,7 @@ class ArrayCore(wiring.Component):
                         m.next = "POOL_LAST"
                 with m.State("POOL_LAST"):
                     m.d.sync += [pv.eq(0), vk.eq(0), vkl.eq(is1["lanes"]), mi.eq(0),
-                                 mil.eq(ins.rk == 0), first_tap.eq(1)]
+                                 mil.eq(ins.rk == 0), started.eq(0)]
                     if has_avg and has_max:
                         with m.If(ins.op == Op.AVGPOOL):
                             m.next = "POOL_MUL"
@@ -900,7 +928,8 @@ class ArrayCore(wiring.Component):
                     with m.If(rq_idle):
                         # next channel word, pixel, row
                         with m.If(~jl):
-                            m.d.sync += [j.eq(j + 1), jl.eq(j == minus2["xcw"])]
+                            m.d.sync += [j.eq(j + 1), jl.eq(j == minus2["xcw"]),
+                                         tr.eq(pa + j + 1), tc.eq(pa + j + 1)]
                             m.next = "POOL_TAP"
                         with m.Else():
                             m.d.sync += [j.eq(0), jl.eq(is1["xcw"])]

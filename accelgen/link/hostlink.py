@@ -225,6 +225,7 @@ class HostLink(wiring.Component):
         # -- the frame being received ------------------------------------------------------------
         seq, cmd = Signal(8), Signal(8)
         length, left = Signal(16), Signal(16)  # left: payload bytes still to come
+        left1, left0 = Signal(), Signal()  # left == 1, left == 0 (kept with left)
         hidx = Signal(2)
         crc, crc_next = Signal(16), Signal(16)
         crc_lo_ok = Signal()  # the CRC's first byte matched (compared as it arrived)
@@ -255,9 +256,10 @@ class HostLink(wiring.Component):
         with m.If(ev_crc_hi):
             m.d.sync += crc_ok.eq(crc_lo_ok & (byte == crc[8:]))
         with m.If(ev_decide):
-            m.d.sync += [left.eq(length), hidx.eq(0)]
+            m.d.sync += [left.eq(length), left1.eq(length == 1), left0.eq(length == 0),
+                         hidx.eq(0)]
         with m.Elif(ev_payload | ev_fill):
-            m.d.sync += left.eq(left - 1)
+            m.d.sync += [left.eq(left - 1), left1.eq(left == 2), left0.eq(left == 1)]
 
         # -- counters ------------------------------------------------------------------------
         cb = self.counter_bits
@@ -413,20 +415,23 @@ class HostLink(wiring.Component):
 
         # -- response bytes ------------------------------------------------------------------
         is_err = r_err != 0
-        resp_len = Signal(16)
+        # the response's length, a register (r_cmd and r_err are set a cycle or more before
+        # the header's length bytes go out)
+        resp_len, resp_len_at = Signal(16), Signal(16)
+        m.d.sync += resp_len.eq(resp_len_at)
         with m.If(is_err):
-            m.d.comb += resp_len.eq(2)
+            m.d.comb += resp_len_at.eq(2)
         with m.Else(), m.Switch(r_cmd):
             with m.Case(Cmd.PING):
-                m.d.comb += resp_len.eq(len(PING_PAYLOAD))
+                m.d.comb += resp_len_at.eq(len(PING_PAYLOAD))
             with m.Case(Cmd.INFO):
-                m.d.comb += resp_len.eq(len(self.info.pack()))
+                m.d.comb += resp_len_at.eq(len(self.info.pack()))
             with m.Case(Cmd.INFER):
-                m.d.comb += resp_len.eq(self.infer_response_bytes)
+                m.d.comb += resp_len_at.eq(self.infer_response_bytes)
             with m.Case(Cmd.COUNTERS):
-                m.d.comb += resp_len.eq(COUNTERS_BYTES)
+                m.d.comb += resp_len_at.eq(COUNTERS_BYTES)
             with m.Case(Cmd.LAYERS):
-                m.d.comb += resp_len.eq(2 * self.layer_words)
+                m.d.comb += resp_len_at.eq(2 * self.layer_words)
         sidx = Signal(3)
         longest = max(self.infer_response_bytes, len(self.info.pack()), COUNTERS_BYTES,
                       2 * self.layer_words)
@@ -567,7 +572,7 @@ class HostLink(wiring.Component):
                 m.d.comb += take.eq(~beat_valid)
                 with m.If(got):
                     m.d.comb += ev_payload.eq(1)
-                    with m.If(left == 1):
+                    with m.If(left1):
                         m.next = "CRC"
                 with m.Elif(beat_valid & stalled):
                     on_stall()
@@ -594,7 +599,7 @@ class HostLink(wiring.Component):
             with m.State("FILL"):  # complete a truncated image with zero codes
                 with m.If(stalled):
                     on_stall()
-                with m.Elif(left == 0):
+                with m.Elif(left0):
                     m.next = "WAIT"
                 with m.Elif(~beat_valid):
                     m.d.comb += ev_fill.eq(1)
