@@ -286,7 +286,8 @@ class ArrayCore(wiring.Component):
         gw = Signal(max(fb["gwords"], fb["lwords"], 1))  # output words of this group
         wptr = Signal(self.abits)
         pptr = Signal(self.abits)
-        cwb = Signal(fb["xcw"])  # first input word of the group within a pixel (depthwise)
+        # the group's origin: the layer's, plus (depthwise) the group's first channel word
+        gorg = Signal(self.abits)
         ybase = Signal(fb["ycw"])  # first output word of the group within a pixel
         lp = Signal(range(P + 1))  # loading: PE / channel
         lk = Signal(range(cfg.wbuf_words + 1))  # loading: word
@@ -625,7 +626,7 @@ class ArrayCore(wiring.Component):
             with m.State("DISPATCH"), m.Switch(ins.op):
                 with m.Case(Op.CONV):
                     m.d.sync += [g.eq(0), gl.eq(is1["groups"]), wptr.eq(ins.w_addr),
-                                 pptr.eq(ins.p_addr), cwb.eq(0), ybase.eq(0)]
+                                 pptr.eq(ins.p_addr), gorg.eq(ins.org), ybase.eq(0)]
                     m.next = "GROUP"
                 with m.Case(Op.END):
                     m.d.sync += self.busy.eq(0)
@@ -664,8 +665,7 @@ class ArrayCore(wiring.Component):
                 m.d.sync += [jl.eq(is1["tapw"]), cl.eq(is1["kw"]), rl.eq(is1["kh"])]
                 if F > 1:
                     m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
-                # (a depthwise group's first channel word, cwb, is in every address)
-                org = ins.org + cwb
+                org = gorg
                 m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
                              iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
                              pa.eq(org), tr.eq(org), tc.eq(org), ra_n.eq(org + ins.srow),
@@ -808,8 +808,8 @@ class ArrayCore(wiring.Component):
                     with m.Else():
                         m.d.sync += [g.eq(g + 1), gl.eq(g == minus2["groups"]),
                                      ybase.eq(ybase + ins.gwords),
-                                     cwb.eq(cwb + Mux(ins.flags & Flag.DEPTHWISE, ins.tapw,
-                                                      0))]
+                                     gorg.eq(gorg + Mux(ins.flags & Flag.DEPTHWISE,
+                                                        ins.tapw, 0))]
                         m.next = "GROUP"
             if has_add:
                 # ---- ADD: a fetcher reads each word's two inputs (a cycle each, the

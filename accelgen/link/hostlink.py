@@ -275,7 +275,8 @@ class HostLink(wiring.Component):
             m.d.sync += timeouts.eq(timeouts + 1)
 
         # -- weight loading ------------------------------------------------------------------
-        load_count = Signal(range(self.load_bytes + 1))
+        # the weight image's bytes still to come (a LOAD_DATA longer than this is refused)
+        room = Signal(range(self.load_bytes + 1), init=self.load_bytes)
         load_dirty = Signal()
         weights_ok = self.loaded & ~load_dirty
         load_begin = ev_finish & crc_ok & ~dup & (herr == 0) & (cmd == Cmd.LOAD_BEGIN)
@@ -283,11 +284,11 @@ class HostLink(wiring.Component):
         m.d.sync += [self.load.payload.eq(byte), self.load.valid.eq(ev_payload & fwd_load)]
         m.d.sync += self.load_restart.eq(load_begin)  # (registered: off the engine's paths)
         with m.If(self.load.valid):
-            m.d.sync += load_count.eq(load_count + 1)
+            m.d.sync += room.eq(room - 1)
         with m.If(((ev_finish & ~crc_ok) | k_timeout) & fwd_load):
             m.d.sync += load_dirty.eq(1)  # a damaged chunk may have reached the loader
         with m.If(load_begin):
-            m.d.sync += [load_count.eq(0), load_dirty.eq(0)]
+            m.d.sync += [room.eq(self.load_bytes), load_dirty.eq(0)]
 
         # -- input beats: bytes -> codes -> beats of `lanes` codes -----------------------------
         sr = Signal(8 * beat_bytes)
@@ -346,26 +347,35 @@ class HostLink(wiring.Component):
         l_seq, l_cmd, l_err = Signal(8), Signal(8), Signal(3)  # the last good frame's response
         have_last = Signal()
         is_dup = have_last & (seq == l_seq) & (cmd == l_cmd)
-        check = Signal(3)
-        known = Cat(*(cmd == c for c in Cmd)).any()
-        no_payload = ((cmd == Cmd.PING) | (cmd == Cmd.INFO) | (cmd == Cmd.LOAD_BEGIN)
-                      | (cmd == Cmd.COUNTERS) | (cmd == Cmd.LAYERS))
-        with m.If(~known):
-            m.d.comb += check.eq(ErrorCode.UNKNOWN_CMD)
-        with m.Elif(no_payload & (length != 0)):
-            m.d.comb += check.eq(ErrorCode.BAD_LENGTH)
-        with m.Elif((cmd == Cmd.INFER) & (length != self.image_bytes)):
-            m.d.comb += check.eq(ErrorCode.BAD_LENGTH)
-        with m.Elif((cmd == Cmd.LOAD_DATA) & (length + load_count > self.load_bytes)):
-            m.d.comb += check.eq(ErrorCode.BAD_LENGTH)
-        with m.Elif((cmd == Cmd.LOAD_DATA) & load_dirty):
-            m.d.comb += check.eq(ErrorCode.NOT_LOADED)
-        with m.Elif((cmd == Cmd.INFER) & ~weights_ok):
-            m.d.comb += check.eq(ErrorCode.NOT_LOADED)
-        # (computed in CHECK, the cycle after the header's last byte, and used in DECIDE)
-        check_r, dup_r = Signal(3), Signal()
+        # CHECK registers the header's tests (each a compare of its own); DECIDE, a cycle
+        # later, ranks them into the error code: no compare feeds the priority multiplexer
+        t_known, t_nopay_len, t_infer_len, t_load_len, dup_r = (
+            Signal(name=n) for n in ("t_known", "t_nopay_len", "t_infer_len", "t_load_len",
+                                     "dup_r"))
+        t_infer, t_load = Signal(), Signal()
         with m.If(ev_check):
-            m.d.sync += [check_r.eq(check), dup_r.eq(is_dup)]
+            m.d.sync += [
+                t_known.eq(Cat(*(cmd == c for c in Cmd)).any()),
+                t_nopay_len.eq(((cmd == Cmd.PING) | (cmd == Cmd.INFO) | (cmd == Cmd.LOAD_BEGIN)
+                                | (cmd == Cmd.COUNTERS) | (cmd == Cmd.LAYERS)) & (length != 0)),
+                t_infer_len.eq(length != self.image_bytes),
+                t_load_len.eq(length > room),
+                t_infer.eq(cmd == Cmd.INFER), t_load.eq(cmd == Cmd.LOAD_DATA),
+                dup_r.eq(is_dup),
+            ]
+        check_r = Signal(3)
+        with m.If(~t_known):
+            m.d.comb += check_r.eq(ErrorCode.UNKNOWN_CMD)
+        with m.Elif(t_nopay_len):
+            m.d.comb += check_r.eq(ErrorCode.BAD_LENGTH)
+        with m.Elif(t_infer & t_infer_len):
+            m.d.comb += check_r.eq(ErrorCode.BAD_LENGTH)
+        with m.Elif(t_load & t_load_len):
+            m.d.comb += check_r.eq(ErrorCode.BAD_LENGTH)
+        with m.Elif(t_load & load_dirty):
+            m.d.comb += check_r.eq(ErrorCode.NOT_LOADED)
+        with m.Elif(t_infer & ~weights_ok):
+            m.d.comb += check_r.eq(ErrorCode.NOT_LOADED)
         use = ~dup_r & (check_r == 0)
         with m.If(ev_decide):
             m.d.sync += [dup.eq(dup_r), herr.eq(check_r),
@@ -390,7 +400,7 @@ class HostLink(wiring.Component):
             m.d.sync += [l_seq.eq(seq), l_cmd.eq(cmd), l_err.eq(herr), have_last.eq(1)]
         # an image about to overwrite the stored results, or a result nobody waits for,
         # forgets the stored response: a repeat of that request then runs again
-        overwrite = ev_decide & use & (cmd == Cmd.INFER)
+        overwrite = ev_decide & use & t_infer
         with m.If(overwrite | k_abandon | (result & (in_flight == 0))):
             m.d.sync += have_last.eq(0)
         with m.If(k_abandon):
@@ -402,16 +412,20 @@ class HostLink(wiring.Component):
         # cycles since the last progress, saturating once its top bit is set (2**(w-1) cycles
         # >= both limits: `stall_cycles` is taken rounded up to a power of two)
         timer = Signal(max(self.timeout_cycles, self.stall_cycles - 1).bit_length() + 1)
-        progress = ((self.rx.valid & self.rx.ready) | got | beat_in | self.acc_o.valid
-                    | (self.tx.valid & self.tx.ready) | kick)
+        # (progress is registered: the timer restarts a cycle after it, off the paths of the
+        # accelerator's and the UART's handshakes)
+        progress = Signal()
+        m.d.sync += progress.eq((self.rx.valid & self.rx.ready) | got | beat_in
+                                | self.acc_o.valid | (self.tx.valid & self.tx.ready) | kick)
         late = Signal()  # timer >= timeout_cycles, kept with the timer (no compare after it)
         with m.If(progress):
             m.d.sync += [timer.eq(0), late.eq(0)]
         with m.Elif(~timer[-1]):
             m.d.sync += [timer.eq(timer + 1), late.eq(timer >= self.timeout_cycles - 1)]
         m.d.sync += [k_timeout.eq(ev_timeout), k_abandon.eq(ev_abandon)]
-        host_gone = late & ~kick & ~have & ~fifo.o.valid & ~beat_valid
-        stalled = timer[-1] & ~kick
+        # (masked while a restart is pending: `kick`, or `progress` before the timer clears)
+        host_gone = late & ~kick & ~progress & ~have & ~fifo.o.valid & ~beat_valid
+        stalled = timer[-1] & ~kick & ~progress
 
         # -- response bytes ------------------------------------------------------------------
         is_err = r_err != 0
