@@ -442,7 +442,20 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
                                     gowin_family)
         jobs.append((tool, args, f"nextpnr_{seed}.log"))
         placed[seed] = out
-    run_tools(jobs, workdir, parallel)
+    try:
+        run_tools(jobs, workdir, parallel)
+    except ToolFailed as e:
+        # nextpnr-ice40 packs flip-flops and carries into logic cells before placing: a
+        # netlist within the LUT count can still need more cells than the device has
+        over = re.search(r"Failed to expand region .* of (\d+) ICESTORM_LCs", str(e))
+        if over and logic_capacity:
+            raise SynthesisTooBig(
+                f"the packed design needs {int(over.group(1)):,} logic cells and the device "
+                f"has {logic_capacity:,} (synthesis gave fewer LUTs: flip-flops and carries "
+                f"need cells of their own): the design does not fit; rebuild with fewer "
+                f"--bits or a smaller --fps, or choose a bigger --board"
+            ) from None
+        raise
     reports = [parse_report((workdir / f"report_{seed}.json").read_text(), family, seed,
                             target_mhz) for seed in range(1, seeds + 1)]
     seconds["place_and_route"] = time.monotonic() - t0

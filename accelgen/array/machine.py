@@ -11,9 +11,10 @@ any RTL runs them; the RTL is then checked against this model's memory, word for
 keeps, per layer):
 
 * **CONV** (``G`` groups of ``g`` output channels, ``fold`` of them per PE, ``K`` words per
-  channel's kernel, one activation word broadcast to every PE per cycle): per group, a
-  cycle, the PE weight buffers loaded (``g * K`` reads, + L + 1 cycles, L the memory's
-  latency `MEM_LATENCY`) and the group's parameters (``4 * g`` reads, + L + 1); then per output pixel ``K * c16 * fold`` issue cycles
+  channel's kernel, one activation word broadcast to every PE per cycle): per group, two
+  cycles (GROUP, and the issue register's fill), the PE weight buffers loaded (``g * K``
+  reads, + L + 1 cycles, L the memory's latency `MEM_LATENCY`) and the group's parameters
+  (``4 * g`` reads, + L + 1); then per output pixel ``K * c16 * fold`` issue cycles
   (``c16`` = `ArrayConfig.word16_cycles` in 16-bit and 4-bit modes, else 1; a read for each
   word of a tap inside the input, at its first issue), except that a
   cycle in which a result word is written issues nothing and a pixel's last word waits until

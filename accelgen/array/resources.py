@@ -49,7 +49,7 @@ PE_LOGIC: dict[str, dict[tuple[int, ...], tuple[tuple[int, int], tuple[int, int]
 }
 # family -> (LUT, FF) coefficients of (1, shifter, adds, layer counters)
 REST_LOGIC: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "ice40": ((1941.7, 2.955, 252.9, 247.0), (1094.0, 1.925, 100.5, 236.0)),
+    "ice40": ((2071.7, 2.955, 362.9, 247.0), (1339.0, 1.925, 150.5, 236.0)),
     # (the ECP5 programs kept their counters; their share is the default model's difference)
     "ecp5": ((2699.0, 5.883, 190.0, 319.0), (1110.1, 3.878, 85.4, 274.0)),
 }

@@ -238,7 +238,8 @@ class ArrayCore(wiring.Component):
         iwords = [Signal(16, name=f"iword{k}") for k in range(WORDS)]
         ins = _Fields(LAYOUT(Cat(*iwords)[:LAYOUT.size]), self.fields)
         pc = Signal(self.abits)
-        cnt = Signal(range(max(WORDS + MEM_LATENCY, PARAM_WORDS * F * P) + 2))  # the current step's counter
+        # the current step's counter
+        cnt = Signal(range(max(WORDS + MEM_LATENCY, PARAM_WORDS * F * P) + 2))
 
         # ---------------------------------------------------------------- memory access
         # the controller asks for at most one access per cycle: a read (r_en/r_addr) or a
