@@ -59,7 +59,11 @@ class TimingFailure(AccelgenError):
 
 
 class SynthesisTooBig(AccelgenError):
-    """Synthesis gave more logic than the device holds: place and route is not started."""
+    """Synthesis gave more logic than the device holds (or nextpnr-ice40 could not pack it
+    into the device's logic cells): no bitstream is made."""
+
+
+_TOO_BIG_REMEDY = "rebuild with a smaller --fps or fewer --bits, or choose a bigger --board"
 
 
 # logic cells of each family that take a LUT position (the device's LUT budget); iCE40: a
@@ -427,8 +431,7 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
             raise SynthesisTooBig(
                 f"synthesis needs {need:,} LUTs and the device has {logic_capacity:,} (the "
                 f"placer needs {need:,} <= {room:,}): the design does not fit (the plan "
-                f"estimated fewer); rebuild with a smaller --fps or fewer --bits, or choose "
-                f"a bigger --board"
+                f"estimated fewer); {_TOO_BIG_REMEDY}"
             )
 
     placed: dict[int, str] = {}
@@ -452,8 +455,7 @@ def build_files(files: dict[str, str], *, family: str, part: str, package: str,
             raise SynthesisTooBig(
                 f"the packed design needs {int(over.group(1)):,} logic cells and the device "
                 f"has {logic_capacity:,} (synthesis gave fewer LUTs: flip-flops and carries "
-                f"need cells of their own): the design does not fit; rebuild with fewer "
-                f"--bits or a smaller --fps, or choose a bigger --board"
+                f"need cells of their own): the design does not fit; {_TOO_BIG_REMEDY}"
             ) from None
         raise
     reports = [parse_report((workdir / f"report_{seed}.json").read_text(), family, seed,

@@ -222,6 +222,46 @@ def test_overfull_synthesis_stops_before_place_and_route(tmp_path: Path) -> None
     assert not list(work.glob("nextpnr_*.log"))  # the placer never started
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not MLPERF.is_dir(), reason="../shared/models absent")
+def test_overfull_packing_is_one_clear_error(tmp_path: Path) -> None:
+    """A netlist within the LUT count that nextpnr-ice40 cannot pack into the device's logic
+    cells (flip-flops and carries need cells of their own): ResNet-8's PE array on the UP5K,
+    built past the estimate's refusal, through the real synthesis and placer, stops with the
+    packed count against the device's, not the placer's own error."""
+    from accelgen.array.compiler import compile_graph
+    from accelgen.array.targets import array_target
+    from accelgen.boards import board
+    from accelgen.boards.clocking import pll_settings
+    from accelgen.boards.top import BoardTop
+    from accelgen.cli import quantized_for
+    from accelgen.cores.array_accelerator import ArrayAccelerator
+    from accelgen.link.hostlink import LinkedAccelerator
+    from accelgen.link.uart import uart_divisor
+    from accelgen.scheduler.resources import link_counter_bits
+
+    b = board("ice40")
+    pll = pll_settings(b.family, b.clock_mhz, 33.0)
+    qg = quantized_for(str(MLPERF / "pretrainedResnet.onnx"), bits=8)
+    target = array_target(b.device)
+    acc = ArrayAccelerator(compile_graph(qg, target.config), family=target.family,
+                           layer_counters=False)
+    clock_hz = round(pll.f_out_mhz * 1e6)
+    linked = LinkedAccelerator(acc, divisor=uart_divisor(clock_hz, 1_000_000),
+                               clock_hz=clock_hz, counter_bits=link_counter_bits(b.family))
+    platform = b.platform()
+    prepared = platform.prepare(BoardTop(linked, b, pll), name="top")
+    files = {n: (t if isinstance(t, str) else t.decode()) for n, t in prepared.files.items()
+             if n.endswith((".il", ".pcf"))}
+    with pytest.raises(build_mod.SynthesisTooBig, match=r"^the packed design needs [\d,]+ "
+                       r"logic cells and the device has 5,280 .*choose a bigger --board$"):
+        build_mod.build_files(files, family="ice40", part=b.device.part,
+                              package=platform.package, target_mhz=pll.f_out_mhz, seeds=1,
+                              workdir=tmp_path / "work", bitstream_ext=".bin",
+                              use_cache=False, logic_capacity=b.device.luts)
+    assert not (tmp_path / "work" / "top.bin").exists()
+
+
 def test_array_build_checks_itself_and_reports_why(tmp_path: Path, capsys) -> None:
     """`build --arch array` (the design and its self-check; synthesis is in the slow tests):
     the PE array's report, its cycles the cost model's, its self-check bit-exact."""

@@ -666,11 +666,10 @@ class ArrayCore(wiring.Component):
                 m.d.sync += [jl.eq(is1["tapw"]), cl.eq(is1["kw"]), rl.eq(is1["kh"])]
                 if F > 1:
                     m.d.sync += [fi.eq(0), fl.eq(is1["fold"])]
-                org = gorg
                 m.d.sync += [oy.eq(0), ox.eq(0), r.eq(0), c.eq(0), j.eq(0), ph.eq(0),
-                             iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(org),
-                             pa.eq(org), tr.eq(org), tc.eq(org), ra_n.eq(org + ins.srow),
-                             pa_n.eq(org + ins.scw),
+                             iy0.eq(-ins.pt), ix0.eq(-ins.pl), ra.eq(gorg),
+                             pa.eq(gorg), tr.eq(gorg), tc.eq(gorg), ra_n.eq(gorg + ins.srow),
+                             pa_n.eq(gorg + ins.scw),
                              oxl.eq(is1["ow"]), oyl.eq(is1["oh"]), i_v.eq(0), cmore.eq(1)]
                 words = Mux(gl, ins.lwords, ins.gwords)
                 m.d.sync += [lp.eq(0), lk.eq(0), cnt.eq(0), gw.eq(words),
